@@ -1,0 +1,424 @@
+"""The SQLite store's background writer: a bounded queue and one thread that commits.
+
+Why: an agent's hook must not wait on disk. Hooks append to a deque (a few hundred
+nanoseconds); one thread drains it and writes each batch in one transaction with
+``executemany``, so the per-commit cost is shared by every event that arrived while
+the previous commit ran. Operations keep their order: a run's start, its events and
+its finish are written in the order they were submitted.
+
+A :class:`Ticket` lets a caller wait for its item to be committed (a run's finish,
+a flush, an event in sync mode, purge and other maintenance calls).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .._errors import AgentAuditError, RunNotFoundError, StoreError
+from ._sqlite_rows import INSERT_EVENT, INSERT_RUN, UPDATE_FINISH, event_row, finish_row, run_row
+from ._sqlite_schema import is_busy
+
+__all__ = ["OP_CALL", "OP_EVENT", "OP_FINISH", "OP_FLUSH", "OP_START", "SQLiteWriter", "Ticket"]
+
+logger = logging.getLogger("agentaudit")
+
+OP_START, OP_EVENT, OP_FINISH, OP_FLUSH, OP_CALL = range(5)
+_OP_NAMES = {OP_START: "run start", OP_EVENT: "event", OP_FINISH: "run finish",
+             OP_FLUSH: "flush", OP_CALL: "maintenance"}
+
+# (op, data, ticket or None)
+Item = tuple[int, Any, "Ticket | None"]
+
+_SET_MODEL = "UPDATE runs SET model = ? WHERE run_id = ? AND model = ''"
+
+
+class Ticket:
+    """A handle on one submitted item: set once the item is committed or failed.
+
+    An item whose waiter gave up before the writer claimed it for a transaction is
+    skipped (``cancel``), so a caller that was told "not written" is never wrong."""
+
+    __slots__ = ("_cancelled", "_claimed", "_done", "_lock", "error", "result")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._claimed = False
+        self._cancelled = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def claim(self) -> bool:
+        with self._lock:
+            if self._cancelled:
+                return False
+            self._claimed = True
+            return True
+
+    def unclaim(self) -> None:
+        with self._lock:
+            self._claimed = False
+
+    def cancel(self) -> bool:
+        """Withdraw the item if the writer has not claimed it; True when withdrawn."""
+        with self._lock:
+            if self._claimed or self._done.is_set():
+                return False
+            self._cancelled = True
+            return True
+
+    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self._done.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+
+class SQLiteWriter:
+    """One writer thread over one connection, fed by a bounded deque."""
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        path: str,
+        max_queue: int,
+        queue_timeout: float,
+        max_batch: int = 5000,
+        connection: sqlite3.Connection | None = None,
+    ) -> None:
+        self._connect = connect
+        self._conn = connection
+        self._path = path
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.max_batch = max_batch
+        self._pending: collections.deque[Item] = collections.deque()
+        self._wake = threading.Event()
+        self._signalled = False
+        self._space = threading.Event()
+        self._inflight = False
+        self._stopping = False
+        self._deadline: float | None = None
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._fatal: BaseException | None = None
+        # itertools.count: next() is atomic under the GIL, a += on an int is not.
+        self._dropped = itertools.count()
+        self._failed = itertools.count()
+        self.dropped = 0  # events refused because the queue stayed full
+        self.failed = 0  # items the database refused (logged once per kind)
+        self.committed_batches = 0
+        self._logged: set[str] = set()
+
+    # -- caller side ---------------------------------------------------------------
+
+    def submit(self, op: int, data: Any, ticket: Ticket | None = None, *, bounded: bool = True) -> None:
+        """Queue one item. When the queue is full, wait up to ``queue_timeout`` for
+        room, then raise :class:`StoreError` (the caller counts the event dropped)."""
+        if self._thread is None:
+            self._start()
+        if self._fatal is not None or self._stopping:
+            raise StoreError(self._unavailable())
+        if bounded and len(self._pending) >= self.max_queue:
+            self._wait_for_room()
+        self._pending.append((op, data, ticket))
+        if not self._signalled:
+            self._signalled = True
+            self._wake.set()
+
+    def _wait_for_room(self) -> None:
+        deadline = time.monotonic() + self.queue_timeout
+        while len(self._pending) >= self.max_queue:
+            self._space.clear()
+            if len(self._pending) < self.max_queue:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._space.wait(remaining):
+                if len(self._pending) < self.max_queue:
+                    break
+                self.dropped = next(self._dropped) + 1
+                raise StoreError(
+                    f"the SQLite writer queue for {self._path} stayed full "
+                    f"({self.max_queue} items) for {self.queue_timeout:g} s; event not recorded "
+                    f"({self.dropped} dropped so far)"
+                )
+            if self._fatal is not None:
+                raise StoreError(self._unavailable())
+
+    def wait(self, ticket: Ticket, timeout: float | None, *, what: str) -> Any:
+        """Wait for ``ticket``; raise its error, or StoreError on timeout or when the
+        writer thread is gone. On timeout an item not yet claimed is withdrawn."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = 0.25 if deadline is None else min(0.25, max(0.0, deadline - time.monotonic()))
+            if ticket.wait(step):
+                break
+            thread = self._thread
+            if self._fatal is not None or thread is None or not thread.is_alive():
+                if ticket.done:
+                    break
+                raise StoreError(self._unavailable())
+            if deadline is not None and time.monotonic() >= deadline:
+                if ticket.cancel():
+                    raise StoreError(f"{what} was not committed to {self._path} within {timeout:g} s")
+                # Claimed by a transaction in progress: it holds the write lock, so
+                # its outcome is milliseconds away. Wait for it rather than lie.
+                deadline = time.monotonic() + 0.05
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.result
+
+    def has_unwritten(self) -> bool:
+        # _inflight is set before items leave the deque and cleared after commit.
+        return bool(self._pending) or self._inflight
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float) -> int:
+        """Write what is queued (for up to ``timeout`` seconds), then end the thread.
+        Returns how many items were left unwritten."""
+        self._deadline = time.monotonic() + timeout
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout + 0.5)
+        left = len(self._pending) + (1 if self._inflight else 0)
+        if thread is None and self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        return left
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: this writer's thread does not exist here and its
+        connection belongs to the parent. Forget both without touching the file."""
+        self._fatal = StoreError("writer inherited across fork")
+        self._pending.clear()
+        _FORK_LEFTOVERS.append(self._conn)  # never closed here: it is the parent's
+        self._conn = None
+
+    def _unavailable(self) -> str:
+        if self._fatal is not None:
+            return f"the SQLite writer for {self._path} stopped: {self._fatal}"
+        return f"the SQLite store for {self._path} is closed"
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None:
+                return
+            if self._conn is None:
+                self._conn = self._connect()
+            thread = threading.Thread(target=self._loop, name="agentaudit-sqlite-writer", daemon=True)
+            thread.start()
+            self._thread = thread
+
+    # -- writer thread -------------------------------------------------------------
+
+    def _loop(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            while True:
+                if not self._pending:
+                    if self._stopping:
+                        break
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    self._signalled = False
+                    continue
+                if self._expired():
+                    break
+                self._inflight = True
+                batch = self._take()
+                self._space.set()
+                try:
+                    self._commit(conn, batch)
+                finally:
+                    self._inflight = False
+        except BaseException as exc:  # a bug or a dead file: fail loudly, not silently
+            self._fatal = exc
+            logger.error("agentaudit: the SQLite writer for %s stopped: %r", self._path, exc)
+        finally:
+            self._space.set()
+            self._fail_pending()
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+
+    def _expired(self) -> bool:
+        return self._stopping and self._deadline is not None and time.monotonic() > self._deadline
+
+    def _take(self) -> list[Item]:
+        pending = self._pending
+        count = min(len(pending), self.max_batch)
+        return [pending.popleft() for _ in range(count)]
+
+    def _fail_pending(self) -> None:
+        left = 0
+        while self._pending:
+            _op, _data, ticket = self._pending.popleft()
+            left += 1
+            if ticket is not None:
+                ticket.settle(error=StoreError(self._unavailable()))
+        if left:
+            logger.error("agentaudit: %d items were not written to %s", left, self._path)
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[Item]) -> None:
+        delay = 0.002
+        isolate = False
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+                # Another process held the lock past the busy timeout: keep the
+                # items and try again; nobody is told "database is locked".
+                if self._expired():
+                    self._give_up(batch, exc)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+                continue
+            live = [item for item in batch if item[2] is None or item[2].claim()]
+            try:
+                outcomes = self._apply_isolated(conn, live) if isolate else self._apply(conn, live)
+                conn.execute("COMMIT")
+            except Exception as exc:
+                self._rollback(conn)
+                self._unclaim(live)
+                if is_busy(exc):
+                    time.sleep(delay)
+                    continue
+                if isolate:
+                    raise
+                # Some item was refused: write each alone so it costs only itself.
+                isolate = True
+                continue
+            self.committed_batches += 1
+            for ticket, result, error in outcomes:
+                ticket.settle(result, error)
+            return
+
+    def _apply(self, conn: sqlite3.Connection, items: list[Item]) -> list[tuple[Ticket, Any, Any]]:
+        outcomes: list[tuple[Ticket, Any, Any]] = []
+        for op, group in itertools.groupby(items, key=lambda item: item[0]):
+            chunk = list(group)
+            if op == OP_EVENT:
+                events = [data for _op, data, _t in chunk]
+                conn.executemany(INSERT_EVENT, [event_row(e) for e in events])
+                models = [
+                    (e.payload.get("model", ""), e.run_id)
+                    for e in events
+                    if e.event_type == "resolved_model" and isinstance(e.payload.get("model"), str)
+                ]
+                if models:
+                    conn.executemany(_SET_MODEL, models)
+                outcomes.extend((t, None, None) for _op, _d, t in chunk if t is not None)
+            elif op == OP_START:
+                conn.executemany(INSERT_RUN, [run_row(data) for _op, data, _t in chunk])
+                outcomes.extend((t, None, None) for _op, _d, t in chunk if t is not None)
+            else:
+                for item in chunk:
+                    outcome = self._apply_single(conn, item)
+                    if outcome is not None:
+                        outcomes.append(outcome)
+        return outcomes
+
+    def _apply_single(self, conn: sqlite3.Connection, item: Item) -> tuple[Ticket, Any, Any] | None:
+        op, data, ticket = item
+        result: Any = None
+        error: BaseException | None = None
+        if op == OP_FINISH:
+            run_id, stats, finished_at = data
+            cursor = conn.execute(UPDATE_FINISH, finish_row(run_id, stats, finished_at))
+            if cursor.rowcount == 0:
+                error = RunNotFoundError(f"no run {run_id!r} to finish in {self._path}")
+        elif op == OP_CALL:
+            result = data(conn)
+        elif op in (OP_EVENT, OP_START):
+            self._apply(conn, [item])
+        return None if ticket is None else (ticket, result, error)
+
+    def _apply_isolated(
+        self, conn: sqlite3.Connection, items: list[Item]
+    ) -> list[tuple[Ticket, Any, Any]]:
+        """Each item under its own savepoint: a refused item is counted and logged,
+        its waiter told why, and the rest of the batch is written."""
+        outcomes: list[tuple[Ticket, Any, Any]] = []
+        for item in items:
+            conn.execute("SAVEPOINT one")
+            try:
+                outcome = self._apply_single(conn, item)
+            except Exception as exc:
+                if is_busy(exc):
+                    raise
+                conn.execute("ROLLBACK TO one")
+                conn.execute("RELEASE one")
+                self._refused(item, exc)
+                if item[2] is not None:
+                    error = exc if isinstance(exc, AgentAuditError) else StoreError(self._describe(item, exc))
+                    outcomes.append((item[2], None, error))
+                continue
+            conn.execute("RELEASE one")
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    def _describe(self, item: Item, exc: BaseException) -> str:
+        op, data, _ticket = item
+        what = _OP_NAMES.get(op, "item")
+        if op == OP_EVENT:
+            what = f"event {data.run_id}#{data.sequence}"
+        elif op == OP_START:
+            what = f"run start {data.run_id}"
+        return f"{self._path} refused the {what}: {exc}"
+
+    def _refused(self, item: Item, exc: BaseException) -> None:
+        self.failed = next(self._failed) + 1
+        kind = f"{item[0]}:{type(exc).__name__}"
+        if kind not in self._logged:
+            self._logged.add(kind)
+            logger.warning("agentaudit: %s (further ones counted, not logged)", self._describe(item, exc))
+
+    def _give_up(self, batch: list[Item], exc: BaseException) -> None:
+        logger.error("agentaudit: %d items not written to %s at close: %s", len(batch), self._path, exc)
+        for _op, _data, ticket in batch:
+            if ticket is not None:
+                ticket.settle(error=StoreError(f"{self._path} stayed locked: {exc}"))
+
+    @staticmethod
+    def _unclaim(items: list[Item]) -> None:
+        for _op, _data, ticket in items:
+            if ticket is not None:
+                ticket.unclaim()
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+
+# Connections inherited by a forked child: kept referenced so they are never closed
+# (closing would touch locks and the -shm mapping that belong to the parent).
+_FORK_LEFTOVERS: list[sqlite3.Connection | None] = []
