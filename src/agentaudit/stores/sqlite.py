@@ -413,14 +413,39 @@ class SQLiteStore:
             raise RunNotFoundError(f"run id prefix {prefix!r} is ambiguous: {shown}")
         return ids[0]
 
-    def events_after(self, cursor: int = 0, *, limit: int = 1000) -> list[tuple[int, Event]]:
-        """Events of every run written after position ``cursor``, oldest first, each
-        with its position (pass the last one back to continue; ``agentaudit tail``)."""
+    def events_after(
+        self,
+        cursor: int = 0,
+        *,
+        run_id: str | None = None,
+        event_types: Iterable[str] | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[int, Event]]:
+        """Events of every run (or of ``run_id``) written after position ``cursor``,
+        oldest first, each with its position: pass the last one back to continue.
+        ``agentaudit tail -f`` follows a file this way."""
+        where, params = _event_where(run_id, event_types)
         rows = self._query(
-            f"SELECT id, {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
-            (cursor, limit),
+            f"SELECT id, {EVENT_COLUMNS} FROM events WHERE id > ?{where} ORDER BY id LIMIT ?",
+            (cursor, *params, limit),
         )
         return [(row[0], event_from_row(row[1:])) for row in rows]
+
+    def recent_events(
+        self,
+        limit: int,
+        *,
+        run_id: str | None = None,
+        event_types: Iterable[str] | None = None,
+    ) -> list[tuple[int, Event]]:
+        """The ``limit`` newest events (of ``run_id``, of ``event_types``), oldest
+        first, with their positions."""
+        where, params = _event_where(run_id, event_types)
+        rows = self._query(
+            f"SELECT id, {EVENT_COLUMNS} FROM events WHERE id > 0{where} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [(row[0], event_from_row(row[1:])) for row in reversed(rows)]
 
     def last_event_position(self) -> int:
         """The position of the newest event (0 when there is none)."""
@@ -464,6 +489,7 @@ class SQLiteStore:
                 by: key,
                 "runs": runs,
                 "failed": failed_n,
+                "finished": finished,
                 "failure_rate": (failed_n / finished) if finished else None,
                 "input_tokens": tin or 0,
                 "output_tokens": tout or 0,
@@ -572,6 +598,19 @@ def _where(flt: RunFilter) -> tuple[str, list[Any]]:
         clauses.append("parent_run_id = ?")
         params.append(flt.parent_run_id)
     return ((" WHERE " + " AND ".join(clauses)) if clauses else ""), params
+
+
+def _event_where(run_id: str | None, event_types: Iterable[str] | None) -> tuple[str, list[Any]]:
+    where = ""
+    params: list[Any] = []
+    if run_id is not None:
+        where += " AND run_id = ?"
+        params.append(run_id)
+    if event_types is not None:
+        types = [event_types] if isinstance(event_types, str) else list(event_types)
+        where += f" AND event_type IN ({', '.join('?' * len(types))})" if types else " AND 0"
+        params.extend(types)
+    return where, params
 
 
 def _last_event_time(conn: sqlite3.Connection, run_id: str) -> datetime | None:

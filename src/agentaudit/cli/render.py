@@ -1,0 +1,429 @@
+"""How runs and events look on a terminal, and as JSON.
+
+:func:`render_run` prints one run the way ``agentaudit show`` does (the demo uses it
+too). It needs only the :class:`agentaudit.Store` read protocol, so it works on any
+store. User text is always passed to rich as :class:`~rich.text.Text`, never as
+markup, so a ``[bold]`` in a prompt prints as typed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from .._errors import RunNotFoundError
+from .._model import Event, Run, RunStatus
+from ..stores._protocol import Store
+
+__all__ = [
+    "event_json",
+    "event_line",
+    "render_run",
+    "resolve_run",
+    "run_json",
+    "run_model",
+    "runs_table",
+    "show_json",
+    "stats_table",
+]
+
+STATUS_STYLE = {
+    RunStatus.RUNNING: "bold cyan",
+    RunStatus.SUCCEEDED: "bold green",
+    RunStatus.FAILED: "bold red",
+    RunStatus.CANCELLED: "yellow",
+    RunStatus.TIMEOUT: "bold red",
+    RunStatus.INTERRUPTED: "yellow",
+    RunStatus.ABANDONED: "bold magenta",
+}
+_SHORT_ID = 8
+
+
+# -- small formatters ----------------------------------------------------------------
+
+
+def short_id(run_id: str) -> str:
+    """Long ids (UUIDs) shortened like git hashes; ``show`` takes any unique prefix."""
+    return run_id if len(run_id) <= 12 else run_id[:_SHORT_ID]
+
+
+def fmt_time(moment: datetime | None) -> str:
+    if moment is None:
+        return "—"
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_duration(ms: float | None) -> str:
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def fmt_offset(seconds: float) -> str:
+    """A time since the run's start, for the timeline: +0.812s, +1m02.5s."""
+    if seconds < 60:
+        return f"+{seconds:.3f}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"+{int(minutes)}m{secs:04.1f}s"
+    hours, minutes = divmod(int(minutes), 60)
+    return f"+{hours}h{minutes:02d}m{int(secs):02d}s"
+
+
+def fmt_int(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def fmt_cost(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def fmt_rate(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def status_text(status: RunStatus | str) -> Text:
+    status = RunStatus.parse(status)
+    return Text(status.value, style=STATUS_STYLE.get(status, ""))
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# -- JSON forms ----------------------------------------------------------------------
+
+
+def run_json(run: Run, *, model: str | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "run_id": run.run_id,
+        "name": run.name,
+        "caller": run.caller,
+        "parent_run_id": run.parent_run_id,
+        "status": run.status.value,
+        "started_at": run.started_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "duration_ms": run.duration_ms,
+        "input": run.input,
+        "output": run.output,
+        "error": run.error,
+        "steps": run.steps,
+        "tool_calls": run.tool_calls,
+        "input_tokens": run.input_tokens,
+        "output_tokens": run.output_tokens,
+        "thinking_tokens": run.thinking_tokens,
+        "cost_usd": run.cost_usd,
+        "metadata": run.metadata,
+        "host": run.host,
+        "pid": run.pid,
+    }
+    if model is not None:
+        data["model"] = model
+    return data
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "run_id": event.run_id,
+        "sequence": event.sequence,
+        "event_type": event.event_type,
+        "created_at": event.created_at.isoformat(),
+        "payload": event.payload,
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+    }
+
+
+def run_model(events: Iterable[Event]) -> str:
+    """The model that first served the run (its ``resolved_model`` event), or ''."""
+    for event in events:
+        if event.event_type == "resolved_model":
+            return str(event.payload.get("model", ""))
+    return ""
+
+
+def resolve_run(store: Store, run_id: str) -> Run:
+    """The run named by ``run_id`` or, on stores that can, by a unique prefix of it."""
+    run = store.get_run(run_id)
+    if run is not None:
+        return run
+    resolve = getattr(store, "resolve_run_id", None)
+    if resolve is not None:
+        run = store.get_run(resolve(run_id))
+        if run is not None:
+            return run
+    raise RunNotFoundError(f"no run {run_id!r}")
+
+
+def show_json(store: Store, run_id: str) -> dict[str, Any]:
+    run = resolve_run(store, run_id)
+    events = store.get_logs(run.run_id)
+    return {
+        "run": run_json(run, model=run_model(events)),
+        "events": [event_json(e) for e in events],
+        "children": [run_json(child) for child in store.children(run.run_id)],
+    }
+
+
+# -- one event, as a line or a timeline row --------------------------------------------
+
+
+def event_detail(event: Event) -> Text:
+    """What an event says, in a line or two."""
+    p: Mapping[str, Any] = event.payload
+    kind = event.event_type
+    if kind == "step":
+        head = Text()
+        head.append(f"step {p.get('iter', '?')}", style="bold")
+        parts = [str(p[k]) for k in ("model", "finish_reason") if p.get(k)]
+        tokens = f"{p.get('in_tokens', 0):,} in / {p.get('out_tokens', 0):,} out"
+        if p.get("thinking_tokens"):
+            tokens += f" ({p['thinking_tokens']:,} thinking)"
+        if p.get("cache_read_tokens"):
+            tokens += f" ({p['cache_read_tokens']:,} cached)"
+        if "in_tokens" in p or "out_tokens" in p:
+            parts.append(tokens)
+        if p.get("step_ms") is not None:
+            parts.append(fmt_duration(float(p["step_ms"])))
+        if parts:
+            head.append("  " + " · ".join(parts), style="dim")
+        if p.get("text_redacted"):
+            head.append("\n[narration redacted: the step fired a secret-bearing tool]", style="italic yellow")
+        elif p.get("text"):
+            head.append("\n" + str(p["text"]))
+        return head
+    if kind == "resolved_model":
+        return Text.assemble(("model ", "dim"), (str(p.get("model", "")), "bold"))
+    if kind == "tool_call":
+        text = Text()
+        text.append(str(p.get("name", "?")), style="bold cyan")
+        text.append(f"({p.get('args', '')})")
+        if p.get("id"):
+            text.append(f"  id {p['id']}", style="dim")
+        return text
+    if kind == "tool_result":
+        text = Text()
+        text.append(str(p.get("name", "?")), style="bold cyan")
+        failed = bool(p.get("error"))
+        text.append(" ✗ failed → " if failed else " → ", style="bold red" if failed else "dim")
+        text.append(str(p.get("result", "")), style="red" if failed else "")
+        notes = []
+        if p.get("duration_ms") is not None:
+            notes.append(fmt_duration(float(p["duration_ms"])))
+        if p.get("truncated"):
+            notes.append("truncated")
+        if p.get("id"):
+            notes.append(f"id {p['id']}")
+        if notes:
+            text.append("  " + " · ".join(notes), style="dim")
+        return text
+    if kind == "error":
+        return Text(str(p.get("message", "")), style="bold red")
+    return Text(json.dumps(p, ensure_ascii=False, sort_keys=True), style="")
+
+
+def event_line(event: Event) -> Text:
+    """One event as a single line, for ``agentaudit tail``."""
+    line = Text()
+    line.append(fmt_time(event.created_at), style="dim")
+    line.append(f" {short_id(event.run_id)}", style="bold")
+    line.append(f" #{event.sequence} ", style="dim")
+    line.append(f"{event.event_type:<12}", style=_type_style(event.event_type))
+    line.append(" ")
+    detail = event_detail(event)
+    detail = Text(_one_line(detail.plain, 300), style=detail.style)
+    line.append(detail)
+    return line
+
+
+def _type_style(kind: str) -> str:
+    return {
+        "step": "bold",
+        "tool_call": "cyan",
+        "tool_result": "cyan",
+        "error": "bold red",
+        "resolved_model": "dim",
+    }.get(kind, "magenta")
+
+
+# -- a whole run -----------------------------------------------------------------------
+
+
+def render_run(store: Store, run_id: str, console: Console | None = None) -> Run:
+    """Print a run as ``agentaudit show`` does: its header, its timeline (times
+    relative to the run's start, step narration, tool arguments and results,
+    errors), and its child runs. ``run_id`` may be a unique prefix on stores that
+    support it (SQLite). Returns the run; raises :class:`RunNotFoundError`."""
+    console = console or Console()
+    run = resolve_run(store, run_id)
+    events = store.get_logs(run.run_id)
+    children = store.children(run.run_id)
+    console.print(_header(run, run_model(events)))
+    console.print(_timeline(run, events))
+    if children:
+        console.print(_children_table(children))
+    return run
+
+
+def _header(run: Run, model: str) -> Group:
+    title = Text()
+    title.append("run ", style="dim")
+    title.append(run.run_id, style="bold")
+    title.append("  ")
+    title.append(run.name, style="bold cyan")
+    title.append("  ")
+    title.append_text(status_text(run.status))
+
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="dim", no_wrap=True)
+    facts.add_column()
+    rows: list[tuple[str, str | Text]] = []
+    if run.caller:
+        rows.append(("caller", run.caller))
+    if model:
+        rows.append(("model", model))
+    when = fmt_time(run.started_at) + " UTC"
+    if run.finished_at is not None:
+        when += f"  →  {fmt_time(run.finished_at)} UTC  ({fmt_duration(run.duration_ms)})"
+    rows.append(("time", when))
+    tokens = f"{run.input_tokens:,} in / {run.output_tokens:,} out"
+    if run.thinking_tokens:
+        tokens += f" ({run.thinking_tokens:,} thinking)"
+    rows.append(("work", f"{run.steps} steps · {run.tool_calls} tool calls · {tokens} · cost {fmt_cost(run.cost_usd)}"))
+    if run.parent_run_id:
+        rows.append(("parent", run.parent_run_id))
+    if run.host or run.pid:
+        rows.append(("process", f"{run.host} pid {run.pid}"))
+    if run.input:
+        rows.append(("input", run.input))
+    if run.output:
+        rows.append(("output", run.output))
+    if run.error:
+        rows.append(("error", Text(run.error, style="bold red")))
+    if run.metadata:
+        rows.append(("metadata", json.dumps(run.metadata, ensure_ascii=False, sort_keys=True)))
+    for label, value in rows:
+        facts.add_row(label, value if isinstance(value, Text) else Text(value))
+    return Group(title, facts)
+
+
+def _timeline(run: Run, events: list[Event]) -> Table | Text:
+    if not events:
+        return Text("no events recorded", style="dim italic")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+    table.add_column("time", style="dim", no_wrap=True, justify="right")
+    table.add_column("#", style="dim", justify="right")
+    table.add_column("event", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    for event in events:
+        offset = (event.created_at - run.started_at).total_seconds()
+        table.add_row(
+            fmt_offset(max(offset, 0.0)),
+            str(event.sequence),
+            Text(event.event_type, style=_type_style(event.event_type)),
+            event_detail(event),
+        )
+    return table
+
+
+def _children_table(children: list[Run]) -> Table:
+    table = Table(title="child runs", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("id", no_wrap=True)
+    table.add_column("name")
+    table.add_column("status")
+    table.add_column("started", no_wrap=True)
+    table.add_column("duration", justify="right")
+    for child in children:
+        table.add_row(
+            child.run_id, child.name, status_text(child.status), fmt_time(child.started_at),
+            fmt_duration(child.duration_ms),
+        )
+    return table
+
+
+# -- lists -------------------------------------------------------------------------------
+
+
+def runs_table(runs: list[Run], models: Mapping[str, str] | None = None) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("id", no_wrap=True, style="bold")
+    table.add_column("name")
+    table.add_column("caller")
+    table.add_column("status", no_wrap=True)
+    table.add_column("started (UTC)", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("steps", justify="right")
+    table.add_column("tools", justify="right")
+    table.add_column("tokens", justify="right")
+    table.add_column("cost", justify="right")
+    if models:
+        table.add_column("model")
+    for run in runs:
+        cells: list[Any] = [
+            Text(short_id(run.run_id)),
+            Text(run.name),
+            Text(run.caller or "—"),
+            status_text(run.status),
+            fmt_time(run.started_at),
+            fmt_duration(run.duration_ms),
+            str(run.steps),
+            str(run.tool_calls),
+            fmt_int(run.input_tokens + run.output_tokens),
+            fmt_cost(run.cost_usd),
+        ]
+        if models:
+            cells.append(Text(models.get(run.run_id, "") or "—"))
+        table.add_row(*cells)
+    return table
+
+
+def stats_table(rows: list[dict[str, Any]], by: str) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, show_footer=len(rows) > 1)
+    totals = _totals(rows)
+    table.add_column(by, footer="total", no_wrap=True)
+    numeric = [
+        ("runs", "runs", fmt_int),
+        ("failed", "failed", fmt_int),
+        ("failure rate", "failure_rate", fmt_rate),
+        ("input tokens", "input_tokens", fmt_int),
+        ("output tokens", "output_tokens", fmt_int),
+        ("thinking", "thinking_tokens", fmt_int),
+        ("cost", "cost_usd", fmt_cost),
+    ]
+    for title, key, fmt in numeric:
+        table.add_column(title, justify="right", footer=fmt(totals[key]))
+    for row in rows:
+        label = row[by] if row[by] not in (None, "") else "(none)"
+        table.add_row(Text(str(label)), *(fmt(row[key]) for _t, key, fmt in numeric))
+    return table
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {
+        key: sum(row[key] for row in rows)
+        for key in ("runs", "failed", "input_tokens", "output_tokens", "thinking_tokens")
+    }
+    finished = sum(row.get("finished", 0) for row in rows)
+    total["failure_rate"] = total["failed"] / finished if finished else None
+    priced = [row["cost_usd"] for row in rows if row["cost_usd"] is not None]
+    total["cost_usd"] = sum(priced) if priced else None
+    return total
