@@ -1,0 +1,501 @@
+"""``AuditCallbackHandler``: LangChain callbacks in, one audit run per agent invocation out.
+
+How LangChain's run tree maps onto audit runs:
+
+- Every LangChain run (chain, graph node, model call, tool, retriever) has a
+  ``run_id`` and a ``parent_run_id``. A run whose parent this handler has not seen
+  is a *root*: it starts an audit run (a standalone ``agent.invoke`` has no parent;
+  an agent invoked inside someone else's traced chain has a parent we never saw).
+- A run whose parent we have seen joins its parent's audit run. The exception is
+  a chain started inside a *tool*: that is a sub-agent, recorded as a child audit
+  run (``parent_run_id`` = the calling run).
+- Each model call's end is one ``step``; each tool's end or error is one
+  ``on_tool``; the root's end or error closes the audit run.
+
+State is three dicts keyed by LangChain run id and holding only live runs: an
+entry is removed when its run ends, and whatever a run left behind (a stream the
+caller stopped reading) is swept when its root ends. Dict reads and writes are
+atomic, so concurrent invocations, parallel tool threads and event loops share one
+handler without a lock; a per-run lock only keeps step numbers in event order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from uuid import UUID
+
+import agentaudit as aa
+from langchain_core.callbacks import BaseCallbackHandler
+
+from ._messages import final_output, last_human_text, run_input, tool_result
+from ._response import to_response
+
+__all__ = ["AuditCallbackHandler"]
+
+# Invocation metadata LangChain and LangGraph add themselves; not the user's to see again.
+_INTERNAL_PREFIXES = ("ls_", "lc_", "langgraph_", "checkpoint_", "__")
+_CALLER_KEY = "agentaudit_caller"
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _is_langgraph(error: BaseException, class_name: str) -> bool:
+    # Matched by name so that importing this package never imports LangGraph.
+    return any(
+        cls.__name__ == class_name and cls.__module__.startswith("langgraph")
+        for cls in type(error).__mro__
+    )
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _stats_for_error(error: BaseException) -> aa.RunStats:
+    """How a root that raised ended: interrupted (LangGraph control flow, not a
+    failure), cancelled, timed out, or failed with the error's text."""
+    if _is_langgraph(error, "GraphBubbleUp"):
+        return aa.RunStats(status=aa.RunStatus.INTERRUPTED)
+    if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)):
+        return aa.RunStats(status=aa.RunStatus.CANCELLED, error=_error_text(error))
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
+        return aa.RunStats(status=aa.RunStatus.TIMEOUT, error=_error_text(error))
+    return aa.RunStats(status=aa.RunStatus.FAILED, error=_error_text(error))
+
+
+def _interrupts(error: BaseException) -> list[dict[str, Any]]:
+    """The ``Interrupt`` values a ``GraphInterrupt`` carries, as ``{id, value}``."""
+    found = error.args[0] if error.args else ()
+    if not isinstance(found, (list, tuple)):
+        return []
+    return [
+        {"id": getattr(item, "id", None), "value": getattr(item, "value", item)} for item in found
+    ]
+
+
+class _AuditRun:
+    """One audit run in progress: its writer, the LangChain run that is its root,
+    and the LangChain runs below the root that have not ended yet."""
+
+    __slots__ = ("interrupts", "members", "root_id", "step_lock", "steps", "writer")
+
+    def __init__(self, writer: aa.Writer, root_id: UUID) -> None:
+        self.writer = writer
+        self.root_id = root_id
+        self.members: set[UUID] = set()
+        self.steps = 0
+        self.step_lock = threading.Lock()
+        self.interrupts: dict[Any, dict[str, Any]] = {}
+
+    def step(self, response: aa.Response) -> None:
+        # Parallel model calls (e.g. inside parallel tools) finish on different
+        # threads; the lock keeps iteration numbers in the order the events land.
+        with self.step_lock:
+            self.steps += 1
+            self.writer.on_step(self.steps, response)
+
+    def note_interrupt(self, error: BaseException) -> None:
+        for item in _interrupts(error):
+            self.interrupts.setdefault(item["id"] or len(self.interrupts), item)
+
+
+class _ToolStart:
+    __slots__ = ("arguments", "call_id", "name", "started")
+
+    def __init__(self, name: str, call_id: str | None, arguments: Any) -> None:
+        self.name = name
+        self.call_id = call_id
+        self.arguments = arguments
+        self.started = time.perf_counter()
+
+
+class AuditCallbackHandler(BaseCallbackHandler):
+    """Records each LangChain agent invocation as one agentaudit run.
+
+    Pass it in the invocation's config, and every nested run (graph nodes, model
+    calls, tools, sub-agents) reaches it::
+
+        handler = AuditCallbackHandler(aa.Auditor(aa.SQLiteStore("agentaudit.db")))
+        agent.invoke({"messages": [...]}, config={"callbacks": [handler]})
+
+    One handler serves any number of concurrent invocations (threads, ``batch``,
+    ``abatch``, event loops); each is its own run.
+
+    Args:
+        auditor: Where runs are recorded. ``aa.Auditor(None)`` turns the handler
+            into a no-op that LangChain skips.
+        name: The run name. Default: the invocation's run name, which is the
+            agent's ``create_agent(name=...)`` or the config's ``run_name``.
+        caller: Who the run is on behalf of (a user id, a job): a string, or a
+            zero-argument callable called at the start of every run (a
+            ``ContextVar``'s ``get``). An invocation can override it with
+            ``config={"metadata": {"agentaudit_caller": ...}}``.
+        metadata: Stored on every run. The invocation's own config metadata
+            (string, number and boolean values, such as LangGraph's ``thread_id``)
+            is merged over it.
+
+    Raises:
+        TypeError: When an argument has the wrong type.
+    """
+
+    # Called on the agent's own thread or event loop: no executor hop per event.
+    run_inline = True
+
+    def __init__(
+        self,
+        auditor: aa.Auditor,
+        *,
+        name: str | None = None,
+        caller: str | Callable[[], str | None] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(auditor, aa.Auditor):
+            raise TypeError(
+                f"AuditCallbackHandler needs an agentaudit.Auditor, got {type(auditor).__name__}"
+            )
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise TypeError(f"name must be a non-empty str or None, got {name!r}")
+        if caller is not None and not isinstance(caller, str) and not callable(caller):
+            raise TypeError(
+                "caller must be a str, a zero-argument callable returning one, or None; "
+                f"got {type(caller).__name__}"
+            )
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise TypeError(f"metadata must be a mapping or None, got {type(metadata).__name__}")
+        self._auditor = auditor
+        self._guard = auditor.guard
+        self._name = name
+        self._caller = caller
+        self._metadata = dict(metadata or {})
+        self._enabled = bool(getattr(auditor, "enabled", True))
+        # Strict auditors (tests) want our faults loud: let LangChain re-raise them.
+        self.raise_error = bool(getattr(auditor, "strict", False))
+        # Live LangChain runs only (see the module docstring).
+        self._runs: dict[UUID, _AuditRun] = {}
+        self._models: dict[UUID, tuple[str | None, str | None]] = {}
+        self._tools: dict[UUID, _ToolStart] = {}
+
+    # -- what LangChain should not call at all ----------------------------------------
+
+    @property
+    def ignore_chain(self) -> bool:
+        return not self._enabled
+
+    @property
+    def ignore_llm(self) -> bool:
+        return not self._enabled
+
+    @property
+    def ignore_chat_model(self) -> bool:
+        return not self._enabled
+
+    @property
+    def ignore_agent(self) -> bool:  # LangChain's switch for the tool callbacks
+        return not self._enabled
+
+    @property
+    def ignore_retriever(self) -> bool:
+        return not self._enabled
+
+    @property
+    def ignore_retry(self) -> bool:
+        return True
+
+    @property
+    def ignore_custom_event(self) -> bool:
+        return True
+
+    # -- run bookkeeping ---------------------------------------------------------------
+
+    def _join(self, run: _AuditRun, run_id: UUID) -> None:
+        run.members.add(run_id)
+        self._runs[run_id] = run
+
+    def _start(
+        self,
+        run_id: UUID,
+        name: Any,
+        run_input: Any,
+        metadata: Mapping[str, Any] | None,
+        parent: _AuditRun | None = None,
+    ) -> _AuditRun:
+        caller = self._caller
+        if callable(caller):
+            caller = None
+            with self._guard("langchain.caller"):
+                found = self._caller()  # type: ignore[operator]
+                caller = found if isinstance(found, str) else None
+        merged = self._metadata
+        if metadata:
+            extra = {
+                key: value
+                for key, value in metadata.items()
+                if isinstance(value, _JSON_SCALARS)
+                and isinstance(key, str)
+                and not key.startswith(_INTERNAL_PREFIXES)
+            }
+            own_caller = extra.pop(_CALLER_KEY, None)
+            if isinstance(own_caller, str):
+                caller = own_caller
+            if extra:
+                merged = {**merged, **extra}
+        run_name = self._name if parent is None and self._name else name
+        if not isinstance(run_name, str) or not run_name.strip():
+            run_name = "langchain"
+        # The audit run takes the LangChain run's id, so a caller who sets
+        # config={"run_id": ...} knows it up front (and it matches LangSmith's).
+        if parent is None:
+            writer = self._auditor.start_run(
+                run_name, caller=caller, input=run_input, metadata=merged, run_id=str(run_id)
+            )
+        else:
+            writer = self._auditor.start_run(
+                run_name,
+                caller=caller,
+                input=run_input,
+                metadata=merged,
+                run_id=str(run_id),
+                parent_run_id=parent.writer.run_id,
+            )
+        run = _AuditRun(writer, run_id)
+        self._runs[run_id] = run
+        return run
+
+    def _end(self, run: _AuditRun, stats: aa.RunStats) -> None:
+        if run.members:  # runs that never ended (a stream the caller stopped reading)
+            for member in list(run.members):
+                self._runs.pop(member, None)
+                self._models.pop(member, None)
+                self._tools.pop(member, None)
+            run.members.clear()
+        if run.interrupts:
+            self._log_interrupts(run)
+            if stats.status is aa.RunStatus.SUCCEEDED:
+                # The root graph swallows an interrupt and returns the state it reached.
+                stats = aa.RunStats(status=aa.RunStatus.INTERRUPTED, output=stats.output)
+        run.writer.close(stats)
+
+    @staticmethod
+    def _log_interrupts(run: _AuditRun) -> None:
+        run.writer.log_event("interrupt", {"interrupts": list(run.interrupts.values())})
+        run.interrupts.clear()
+
+    def _leave(self, run_id: UUID) -> _AuditRun | None:
+        """Drop a run that ended; its audit run, or None when it is not ours (or
+        this is the second delivery of the event, the handler being registered twice)."""
+        run = self._runs.pop(run_id, None)
+        if run is not None and run.root_id != run_id:
+            run.members.discard(run_id)
+        return run
+
+    # -- chains (the agent graph, its nodes, any runnable) ----------------------------
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        with self._guard("langchain.on_chain_start"):
+            if run_id in self._runs:
+                return  # delivered twice
+            parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
+            if parent is not None and parent_run_id not in self._tools:
+                self._join(parent, run_id)
+                return
+            # A root, or a chain run by a tool: a sub-agent, recorded as a child run.
+            self._start(run_id, kwargs.get("name"), run_input(inputs), metadata, parent)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._guard("langchain.on_chain_end"):
+            run = self._leave(run_id)
+            if run is not None and run.root_id == run_id:
+                self._end(run, aa.RunStats(output=final_output(outputs)))
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._guard("langchain.on_chain_error"):
+            run = self._leave(run_id)
+            if run is None:
+                return
+            if _is_langgraph(error, "GraphInterrupt"):
+                run.note_interrupt(error)
+            if run.root_id == run_id:
+                self._end(run, _stats_for_error(error))
+
+    # -- model calls ---------------------------------------------------------------------
+
+    def _model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        prompt: Any,
+        metadata: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        if run_id in self._runs:
+            return
+        parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
+        if parent is None:  # a model invoked on its own: a one-step run
+            name = kwargs.get("name")
+            if not name and isinstance(serialized, Mapping):
+                name = serialized.get("name")
+            self._start(run_id, name or "llm", prompt, metadata)
+        else:
+            self._join(parent, run_id)
+        if metadata:
+            provider = metadata.get("ls_provider")
+            requested = metadata.get("ls_model_name")
+            self._models[run_id] = (
+                provider if isinstance(provider, str) else None,
+                requested if isinstance(requested, str) else None,
+            )
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: list[list[Any]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        with self._guard("langchain.on_chat_model_start"):
+            prompt = None
+            if parent_run_id is None or parent_run_id not in self._runs:
+                prompt = last_human_text(messages[0]) if messages else None
+            self._model_start(serialized, run_id, parent_run_id, prompt, metadata, kwargs)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        with self._guard("langchain.on_llm_start"):
+            prompt = prompts[0] if prompts else None
+            self._model_start(serialized, run_id, parent_run_id, prompt, metadata, kwargs)
+
+    def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._guard("langchain.on_llm_end"):
+            provider, requested = self._models.pop(run_id, (None, None))
+            run = self._leave(run_id)
+            if run is None:
+                return
+            step = to_response(response, provider, requested)
+            run.step(step)
+            if run.root_id == run_id:
+                self._end(run, aa.RunStats(output=step.text))
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._guard("langchain.on_llm_error"):
+            self._models.pop(run_id, None)
+            run = self._leave(run_id)
+            if run is None:
+                return
+            run.writer.log_error(_error_text(error))
+            if run.root_id == run_id:
+                self._end(run, _stats_for_error(error))
+
+    # -- tools ---------------------------------------------------------------------------
+
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any] | None,
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        with self._guard("langchain.on_tool_start"):
+            if run_id in self._runs:
+                return
+            name = serialized.get("name") if isinstance(serialized, Mapping) else None
+            if not isinstance(name, str) or not name:
+                name = kwargs.get("name") or "tool"
+            parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
+            if parent is None:  # a tool invoked on its own: a run of its own
+                self._start(run_id, name, input_str if inputs is None else inputs, metadata)
+            else:
+                self._join(parent, run_id)
+            call_id = kwargs.get("tool_call_id")
+            # `inputs` is the argument mapping; `input_str` only its Python repr.
+            self._tools[run_id] = _ToolStart(
+                name,
+                call_id if isinstance(call_id, str) else None,
+                inputs if inputs is not None else input_str,
+            )
+
+    def _tool_done(self, run_id: UUID, result: Any, error: bool, call_id: str | None) -> None:
+        start = self._tools.pop(run_id, None)
+        run = self._leave(run_id)
+        if run is None or start is None:
+            return
+        elapsed_ms = (time.perf_counter() - start.started) * 1000.0
+        call = aa.ToolCall.lenient(start.name, start.arguments, start.call_id or call_id)
+        run.writer.on_tool(call, result, error=error, duration_ms=elapsed_ms)
+        if run.root_id == run_id:
+            if error:
+                self._end(run, aa.RunStats(status=aa.RunStatus.FAILED, error=str(result)))
+            else:
+                self._end(run, aa.RunStats(output=result))
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._guard("langchain.on_tool_end"):
+            result, is_error, call_id = tool_result(output)
+            self._tool_done(run_id, result, is_error, call_id)
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._guard("langchain.on_tool_error"):
+            if _is_langgraph(error, "GraphBubbleUp"):
+                # An interrupt (or a command to the parent graph) is control flow:
+                # the tool did not fail, and it runs again when the graph resumes.
+                self._tools.pop(run_id, None)
+                run = self._leave(run_id)
+                if run is not None:
+                    if _is_langgraph(error, "GraphInterrupt"):
+                        run.note_interrupt(error)
+                    if run.root_id == run_id:
+                        self._end(run, _stats_for_error(error))
+                return
+            self._tool_done(run_id, _error_text(error), True, kwargs.get("tool_call_id"))
+
+    # -- retrievers: tracked only so that runs below them find their audit run ----------
+
+    def on_retriever_start(
+        self,
+        serialized: dict[str, Any] | None,
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        with self._guard("langchain.on_retriever_start"):
+            parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
+            if parent is not None and run_id not in self._runs:
+                self._join(parent, run_id)
+
+    def on_retriever_end(self, documents: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._guard("langchain.on_retriever_end"):
+            self._leave(run_id)
+
+    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._guard("langchain.on_retriever_error"):
+            self._leave(run_id)
