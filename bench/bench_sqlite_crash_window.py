@@ -41,13 +41,14 @@ CHILD = textwrap.dedent(
     from agentaudit.stores.sqlite import SQLiteStore
 
     path, shared, burst, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    slots = int(sys.argv[5])
     with open(shared, "r+b") as fh:
         acks = mmap.mmap(fh.fileno(), 0)
     store = SQLiteStore(path)
     store.start_run(aa.Run(run_id="victim", name="crash", started_at=datetime.now(timezone.utc)))
     payload = {"iter": 0, "text": "narration " * 20, "in_tokens": 100, "out_tokens": 20}
     seq = 0
-    while seq < %d - 1:
+    while seq < slots - burst - 1:
         for _ in range(burst):
             seq += 1
             store.append_log(aa.Event("victim", seq, "step", payload, datetime.now(timezone.utc)))
@@ -55,7 +56,6 @@ CHILD = textwrap.dedent(
         if pause:
             time.sleep(pause)
     """
-    % SLOTS
 )
 
 PACES = [
@@ -74,7 +74,7 @@ def trial(directory: Path, burst: int, pause: float) -> tuple[int, float]:
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     shared = directory / "acks.bin"
     shared.write_bytes(b"\0" * SLOTS * 8)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(shared), str(burst), str(pause)])
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(shared), str(burst), str(pause), str(SLOTS)])
     with open(shared, "r+b") as fh:
         acks = mmap.mmap(fh.fileno(), 0)
     deadline = time.time() + 20
