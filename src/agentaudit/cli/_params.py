@@ -26,7 +26,7 @@ class CliError(click.ClickException):
     exit_code = 2
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"agentaudit: {self.format_message()}", file=file or click.get_text_stream("stderr"))
+        click.echo(f"agentaudit: {self.format_message()}", file=file, err=file is None)
 
 
 def parse_duration(text: str) -> timedelta | None:
