@@ -105,6 +105,10 @@ def status_text(status: RunStatus | str) -> Text:
     return Text(status.value, style=STATUS_STYLE.get(status, ""))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def _one_line(text: str, limit: int = 200) -> str:
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
@@ -308,7 +312,8 @@ def _header(run: Run, model: str) -> Group:
     tokens = f"{run.input_tokens:,} in / {run.output_tokens:,} out"
     if run.thinking_tokens:
         tokens += f" ({run.thinking_tokens:,} thinking)"
-    rows.append(("work", f"{run.steps} steps · {run.tool_calls} tool calls · {tokens} · cost {fmt_cost(run.cost_usd)}"))
+    work = f"{_count(run.steps, 'step')} · {_count(run.tool_calls, 'tool call')} · {tokens}"
+    rows.append(("work", f"{work} · cost {fmt_cost(run.cost_usd)}"))
     if run.parent_run_id:
         rows.append(("parent", run.parent_run_id))
     if run.host or run.pid:
