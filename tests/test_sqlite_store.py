@@ -393,6 +393,41 @@ def test_a_forked_child_gets_its_own_writer(store: SQLiteStore) -> None:
     assert store.get_run("child").status is aa.RunStatus.SUCCEEDED  # type: ignore[union-attr]
 
 
+CHILD_MODULE = """
+from agentaudit.stores.sqlite import SQLiteStore
+import agentaudit as aa
+from datetime import datetime, timezone
+
+def write_without_closing(path):
+    store = SQLiteStore(path)
+    now = datetime.now(timezone.utc)
+    store.start_run(aa.Run(run_id="mp-child", name="n", started_at=now))
+    for seq in range(1, 301):
+        store.append_log(aa.Event("mp-child", seq, "step", {"iter": seq}, now))
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_multiprocessing_children_flush_when_they_end(
+    db: Path, tmp_path: Path, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    import multiprocessing
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    (tmp_path / "aa_mp_child.py").write_text(CHILD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the children import the target from here
+    target = importlib.import_module("aa_mp_child").write_without_closing
+    # fork and forkserver children leave through os._exit, which skips atexit hooks
+    child = multiprocessing.get_context(method).Process(target=target, args=(str(db),))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert raw(db).execute("SELECT count(*) FROM events").fetchone()[0] == 300
+    sys.modules.pop("aa_mp_child", None)
+
+
 # -- purge, delete, recovery, reap --------------------------------------------------------------
 
 

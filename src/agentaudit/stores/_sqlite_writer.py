@@ -98,8 +98,10 @@ class SQLiteWriter:
         queue_timeout: float,
         max_batch: int = 5000,
         connection: sqlite3.Connection | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self._connect = connect
+        self._on_start = on_start
         self._conn = connection
         self._path = path
         self.max_queue = max_queue
@@ -226,6 +228,8 @@ class SQLiteWriter:
             thread = threading.Thread(target=self._loop, name="agentaudit-sqlite-writer", daemon=True)
             thread.start()
             self._thread = thread
+            if self._on_start is not None:
+                self._on_start()
 
     # -- writer thread -------------------------------------------------------------
 

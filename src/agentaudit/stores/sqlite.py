@@ -163,7 +163,15 @@ class SQLiteStore:
             max_queue=self.max_queue,
             queue_timeout=self.queue_timeout,
             connection=conn,
+            on_start=self._flush_at_process_exit,
         )
+
+    def _flush_at_process_exit(self) -> None:
+        # multiprocessing's fork and forkserver children leave with os._exit, which
+        # skips atexit; they do run multiprocessing's own finalizers first.
+        util = sys.modules.get("multiprocessing.util")
+        if util is not None:
+            util.Finalize(self, _close_at_exit, args=(weakref.ref(self),), exitpriority=10)
 
     def _live_writer(self) -> SQLiteWriter:
         if self._closed:
@@ -674,6 +682,15 @@ def _close_all_at_exit() -> None:
         try:
             store._close(max(0.0, min(store.close_timeout, remaining)))
         except Exception as exc:  # never turn an exit into a traceback
+            logger.error("agentaudit: flushing %s at exit failed: %s", store.path, exc)
+
+
+def _close_at_exit(ref: weakref.ref[SQLiteStore]) -> None:
+    store = ref()
+    if store is not None:
+        try:
+            store._close(min(store.close_timeout, EXIT_FLUSH_TIMEOUT))
+        except Exception as exc:
             logger.error("agentaudit: flushing %s at exit failed: %s", store.path, exc)
 
 
