@@ -52,7 +52,7 @@ class LocalWeatherModel(BaseChatModel):
             reply = self._call("", "celsius_to_fahrenheit", [{"celsius": t} for t in temps], done)
         else:
             lines = [f"{c}: {w} ({f}°F)." for c, w, f in
-                     zip(cities, results["get_weather"], results["celsius_to_fahrenheit"])]
+                     zip(cities, results["get_weather"], results["celsius_to_fahrenheit"], strict=True)]
             reply = AIMessage(content=" ".join(lines),
                               response_metadata={"finish_reason": "stop"})
         tokens_in = sum(len(m.text) for m in messages) // 4 + 40

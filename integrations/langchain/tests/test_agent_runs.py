@@ -159,7 +159,7 @@ def test_batch_with_one_handler_gives_each_input_its_own_run(store, handler):
 
     runs = {run.input: run for run in store.list_runs()}
     assert sorted(runs) == sorted(cities)
-    for city, result in zip(cities, results):
+    for city, result in zip(cities, results, strict=True):
         run = runs[city]
         assert run.output == f"It is sunny in {city}."
         events = check_run_matches_messages(store, run.run_id, result["messages"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import respx
+from agentaudit.testing import assert_run_well_formed
 from langchain.agents import create_agent
 from langchain_openai import ChatOpenAI
 from lc_openai import BASE_URL, MODEL_SERVED, TURNS, mock_openai
@@ -41,7 +42,7 @@ def assert_server_usage(store: aa.MemoryStore, run: aa.Run) -> None:
     """Each step holds exactly the usage the server sent for that turn."""
     steps = [e.payload for e in store.get_logs(run.run_id) if e.event_type == "step"]
     assert len(steps) == len(TURNS)
-    for step, (_content, _calls, finish, usage) in zip(steps, TURNS):
+    for step, (_content, _calls, finish, usage) in zip(steps, TURNS, strict=True):
         assert step["model"] == SERVED
         assert step["finish_reason"] == finish
         assert step["in_tokens"] == usage["prompt_tokens"]
@@ -132,3 +133,16 @@ async def test_abatch_runs_do_not_cross(store, handler, openai_server):
     assert sorted(runs) == ["q0", "q1", "q2"]
     for i, result in enumerate(results):
         check_run_matches_messages(store, runs[f"q{i}"].run_id, result["messages"], model=SERVED)
+
+
+async def test_stopping_a_token_stream_mid_call_cancels_the_run(store, handler, openai_server):
+    stream = agent(stream_usage=True).astream(
+        ask(), config={"callbacks": [handler]}, stream_mode="messages"
+    )
+    first_token, _metadata = await anext(stream)
+    assert first_token.content == ""  # the model's reply has begun, not ended
+    await stream.aclose()
+
+    run = only_run(store)
+    assert_run_well_formed(store, run.run_id)
+    assert run.status == "cancelled"

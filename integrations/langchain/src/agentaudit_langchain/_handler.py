@@ -28,8 +28,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
-import agentaudit as aa
 from langchain_core.callbacks import BaseCallbackHandler
+
+import agentaudit as aa
 
 from ._messages import final_output, last_human_text, run_input, tool_result
 from ._response import to_response

@@ -59,10 +59,7 @@ def _role_and_content(message: Any) -> tuple[str, Any]:
 
 
 def _messages_of(state: Any) -> Sequence[Any] | None:
-    if isinstance(state, Mapping):
-        messages = state.get("messages")
-    else:
-        messages = state
+    messages = state.get("messages") if isinstance(state, Mapping) else state
     if isinstance(messages, Sequence) and not isinstance(messages, (str, bytes, bytearray)):
         return messages
     return None
