@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llama_index.core.agent.workflow import AgentOutput
-from llama_index.core.instrumentation.dispatcher import active_instrument_tags
 from llama_index.core.base.llms.base import BaseLLM
+from llama_index.core.instrumentation.dispatcher import active_instrument_tags
 
 import agentaudit as aa
 

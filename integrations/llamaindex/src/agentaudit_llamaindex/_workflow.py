@@ -124,7 +124,7 @@ def tool_result_of(result: Any) -> tuple[str, bool] | None:
 
 
 def status_for(error: BaseException) -> aa.RunStatus:
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)):
         return aa.RunStatus.CANCELLED
     if isinstance(error, (WorkflowTimeoutError, TimeoutError)):
         return aa.RunStatus.TIMEOUT
