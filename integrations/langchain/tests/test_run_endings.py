@@ -213,8 +213,13 @@ async def test_a_cancelled_ainvoke_is_recorded_as_cancelled(store, handler):
     run = only_run(store)
     assert_run_well_formed(store, run.run_id)
     assert run.status == "cancelled"
-    tool_result = next(e for e in store.get_logs(run.run_id) if e.event_type == "tool_result")
+    # The tool in flight gets its result, so the call is not left unanswered.
+    tool_call, tool_result = (
+        e for e in store.get_logs(run.run_id) if e.event_type.startswith("tool_")
+    )
+    assert tool_call.payload == {"name": "wait_forever", "args": '{"x":1}', "id": "w1"}
     assert tool_result.payload["error"] is True
+    assert tool_result.payload["result"] == "tool call cancelled"
 
 
 def test_stopping_a_stream_early_is_recorded_as_cancelled(store, handler):

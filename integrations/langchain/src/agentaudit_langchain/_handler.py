@@ -56,12 +56,19 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+_CANCELLED_TOOL = "tool call cancelled"
+
+
+def _is_cancellation(error: BaseException) -> bool:
+    return isinstance(error, (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit))
+
+
 def _stats_for_error(error: BaseException) -> aa.RunStats:
     """How a root that raised ended: interrupted (LangGraph control flow, not a
     failure), cancelled, timed out, or failed with the error's text."""
     if _is_langgraph(error, "GraphBubbleUp"):
         return aa.RunStats(status=aa.RunStatus.INTERRUPTED)
-    if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)):
+    if _is_cancellation(error):
         return aa.RunStats(status=aa.RunStatus.CANCELLED, error=_error_text(error))
     if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
         return aa.RunStats(status=aa.RunStatus.TIMEOUT, error=_error_text(error))
@@ -82,7 +89,15 @@ class _AuditRun:
     """One audit run in progress: its writer, the LangChain run that is its root,
     and the LangChain runs below the root that have not ended yet."""
 
-    __slots__ = ("interrupts", "members", "root_id", "step_lock", "steps", "writer")
+    __slots__ = (
+        "interrupts",
+        "last_calls",
+        "members",
+        "root_id",
+        "step_lock",
+        "steps",
+        "writer",
+    )
 
     def __init__(self, writer: aa.Writer, root_id: UUID) -> None:
         self.writer = writer
@@ -91,6 +106,9 @@ class _AuditRun:
         self.steps = 0
         self.step_lock = threading.Lock()
         self.interrupts: dict[Any, dict[str, Any]] = {}
+        # The tool calls the latest step asked for: where a tool's call id is found
+        # when LangChain does not pass it (langchain-core before 1.x's later releases).
+        self.last_calls: tuple[aa.ToolCall, ...] = ()
 
     def step(self, response: aa.Response) -> None:
         # Parallel model calls (e.g. inside parallel tools) finish on different
@@ -98,6 +116,15 @@ class _AuditRun:
         with self.step_lock:
             self.steps += 1
             self.writer.on_step(self.steps, response)
+            if response.tool_calls:
+                self.last_calls = response.tool_calls
+
+    def call_id_for(self, call: aa.ToolCall) -> str:
+        """The id of the call the model made with this name and these arguments."""
+        for asked in self.last_calls:
+            if asked.name == call.name and asked.arguments == call.arguments:
+                return asked.id
+        return ""
 
     def note_interrupt(self, error: BaseException) -> None:
         for item in _interrupts(error):
@@ -271,7 +298,9 @@ class AuditCallbackHandler(BaseCallbackHandler):
             for member in list(run.members):
                 self._runs.pop(member, None)
                 self._models.pop(member, None)
-                self._tools.pop(member, None)
+                start = self._tools.pop(member, None)
+                if start is not None:  # every call the run made gets its result
+                    self._record_tool(run, start, _CANCELLED_TOOL, True, None)
             run.members.clear()
         if run.interrupts:
             self._log_interrupts(run)
@@ -443,14 +472,22 @@ class AuditCallbackHandler(BaseCallbackHandler):
                 inputs if inputs is not None else input_str,
             )
 
+    @staticmethod
+    def _record_tool(
+        run: _AuditRun, start: _ToolStart, result: Any, error: bool, call_id: str | None
+    ) -> None:
+        elapsed_ms = (time.perf_counter() - start.started) * 1000.0
+        call = aa.ToolCall.lenient(start.name, start.arguments, start.call_id or call_id)
+        if not call.id and run.last_calls:
+            call = aa.ToolCall(call.name, call.arguments, run.call_id_for(call))
+        run.writer.on_tool(call, result, error=error, duration_ms=elapsed_ms)
+
     def _tool_done(self, run_id: UUID, result: Any, error: bool, call_id: str | None) -> None:
         start = self._tools.pop(run_id, None)
         run = self._leave(run_id)
         if run is None or start is None:
             return
-        elapsed_ms = (time.perf_counter() - start.started) * 1000.0
-        call = aa.ToolCall.lenient(start.name, start.arguments, start.call_id or call_id)
-        run.writer.on_tool(call, result, error=error, duration_ms=elapsed_ms)
+        self._record_tool(run, start, result, error, call_id)
         if run.root_id == run_id:
             if error:
                 self._end(run, aa.RunStats(status=aa.RunStatus.FAILED, error=str(result)))
@@ -475,7 +512,9 @@ class AuditCallbackHandler(BaseCallbackHandler):
                     if run.root_id == run_id:
                         self._end(run, _stats_for_error(error))
                 return
-            self._tool_done(run_id, _error_text(error), True, kwargs.get("tool_call_id"))
+            call_id = kwargs.get("tool_call_id")
+            result = _CANCELLED_TOOL if _is_cancellation(error) else _error_text(error)
+            self._tool_done(run_id, result, True, call_id if isinstance(call_id, str) else None)
 
     # -- retrievers: tracked only so that runs below them find their audit run ----------
 
