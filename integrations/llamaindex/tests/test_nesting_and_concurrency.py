@@ -112,8 +112,12 @@ def test_runs_on_threads_with_their_own_event_loops_stay_apart(store: aa.MemoryS
     def run_in_thread(city: str) -> None:
         agent = FunctionAgent(name="threaded", tools=[get_weather], llm=city_answering_llm(),
                               streaming=False)
+
+        async def go() -> None:
+            await agent.run(user_msg=f"weather in {city}")
+
         try:
-            asyncio.run(agent.run(user_msg=f"weather in {city}"))
+            asyncio.run(go())
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
