@@ -57,6 +57,7 @@ def _error_text(error: BaseException) -> str:
 
 
 _CANCELLED_TOOL = "tool call cancelled"
+_DISABLED = aa.Auditor(None)
 
 
 def _is_cancellation(error: BaseException) -> bool:
@@ -276,19 +277,25 @@ class AuditCallbackHandler(BaseCallbackHandler):
             run_name = "langchain"
         # The audit run takes the LangChain run's id, so a caller who sets
         # config={"run_id": ...} knows it up front (and it matches LangSmith's).
-        if parent is None:
-            writer = self._auditor.start_run(
-                run_name, caller=caller, input=run_input, metadata=merged, run_id=str(run_id)
-            )
-        else:
-            writer = self._auditor.start_run(
-                run_name,
-                caller=caller,
-                input=run_input,
-                metadata=merged,
-                run_id=str(run_id),
-                parent_run_id=parent.writer.run_id,
-            )
+        writer: aa.Writer | None = None
+        with self._guard("langchain.start_run"):
+            if parent is None:
+                writer = self._auditor.start_run(
+                    run_name, caller=caller, input=run_input, metadata=merged, run_id=str(run_id)
+                )
+            else:
+                writer = self._auditor.start_run(
+                    run_name,
+                    caller=caller,
+                    input=run_input,
+                    metadata=merged,
+                    run_id=str(run_id),
+                    parent_run_id=parent.writer.run_id,
+                )
+        if writer is None:
+            # The run could not start. Its LangChain runs are still tracked, with a
+            # writer that records nothing, so that they do not each retry as a root.
+            writer = _DISABLED.start_run(run_name, parent_run_id=None)
         run = _AuditRun(writer, run_id)
         self._runs[run_id] = run
         return run

@@ -1,0 +1,142 @@
+"""Nothing that goes wrong inside agentaudit reaches the agent: a store that raises,
+odd objects from the model or a tool, values that will not serialize. Faults are
+counted on the auditor, and the handler keeps no state of the runs involved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from agentaudit_langchain import AuditCallbackHandler
+from conftest import assert_no_state
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+from langgraph.types import interrupt
+from lc_support import WEATHER_TURNS, ScriptedChatModel, add, ai, ask, get_weather, scripted
+
+import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
+
+ANSWER = "Paris is sunny, Rome is sunny, and 2+3=5."
+
+
+class FailingStore(aa.MemoryStore):
+    """A store whose chosen write methods raise, as a full or locked disk does."""
+
+    def __init__(self, *failing: str) -> None:
+        super().__init__()
+        self.failing = set(failing)
+
+    def start_run(self, run: aa.Run) -> None:
+        if "start_run" in self.failing:
+            raise OSError("disk full")
+        super().start_run(run)
+
+    def append_log(self, event: aa.Event) -> None:
+        if "append_log" in self.failing:
+            raise OSError("disk full")
+        super().append_log(event)
+
+    def finish_run(self, run_id: str, stats: aa.RunStats, finished_at: Any) -> None:
+        if "finish_run" in self.failing:
+            raise OSError("disk full")
+        super().finish_run(run_id, stats, finished_at)
+
+
+def weather_agent():
+    return create_agent(
+        ScriptedChatModel(respond=scripted(*WEATHER_TURNS)), tools=[get_weather, add]
+    )
+
+
+@pytest.mark.parametrize(
+    "failing", [("start_run",), ("append_log",), ("finish_run",), ("start_run", "append_log")]
+)
+def test_a_raising_store_never_reaches_the_agent(failing):
+    store = FailingStore(*failing)
+    auditor = aa.Auditor(store)
+    handler = AuditCallbackHandler(auditor)
+    agent = weather_agent()
+
+    for _ in range(3):
+        result = agent.invoke(ask(), config={"callbacks": [handler]})
+        assert result["messages"][-1].text == ANSWER
+
+    counts = auditor.faults.counts()
+    assert counts
+    if "start_run" in failing:  # one fault per invocation, not one per nested run
+        assert counts == {"langchain.start_run": 3}
+    assert_no_state(handler)
+
+
+def test_a_raising_store_fails_loudly_in_strict_mode():
+    auditor = aa.Auditor(FailingStore("append_log"), strict=True)
+    with pytest.raises(OSError, match="disk full"):
+        weather_agent().invoke(ask(), config={"callbacks": [AuditCallbackHandler(auditor)]})
+
+
+def test_odd_model_output_is_recorded_as_far_as_it_can_be_read(store, handler):
+    odd = AIMessage(
+        content=[
+            {"type": "image", "url": "http://x/y.png"},
+            "plain string block, ",
+            {"type": "text", "text": "a text block"},
+            {"type": "text", "text": 5},
+            {"type": "reasoning", "reasoning": "hidden"},
+        ],
+        response_metadata={"model_name": 123, "finish_reason": None, "stop_reason": "end_turn"},
+        usage_metadata={"input_tokens": 7, "output_tokens": 3, "total_tokens": 10,
+                        "input_token_details": {"cache_read": -1},
+                        "output_token_details": {"reasoning": 2, "priority_reasoning": 1}},
+    )
+    agent = create_agent(ScriptedChatModel(respond=scripted(odd)), tools=[])
+
+    agent.invoke(ask(), config={"callbacks": [handler]})
+
+    [run] = store.list_runs()
+    assert_run_well_formed(store, run.run_id)
+    [step] = [e.payload for e in store.get_logs(run.run_id) if e.event_type == "step"]
+    assert step["text"] == "plain string block, a text block"
+    assert step["finish_reason"] == "end_turn"
+    assert step["model"] == "scripted/scripted-1"  # the requested model: the served one was not a name
+    assert (step["in_tokens"], step["out_tokens"], step["thinking_tokens"]) == (7, 3, 3)
+    assert "cache_read_tokens" not in step
+
+
+class Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    __str__ = __repr__
+
+
+def test_values_that_will_not_serialize_cost_a_field_never_the_run(store, handler):
+    @tool
+    def ask_human(question: str) -> str:
+        """Wait for a human."""
+        return interrupt({"question": question, "handle": Unprintable(), "raw": {1, 2}})
+
+    model = ScriptedChatModel(respond=scripted(ai("", [("ask_human", {"question": "go?"}, "h1")])))
+    agent = create_agent(model, tools=[ask_human])
+
+    agent.invoke(ask(), config={"callbacks": [handler]})
+    # A tool invoked on its own is a run of its own; its result is an odd object.
+    @tool("obj_tool")
+    def obj_tool() -> Any:
+        """Returns an object."""
+        return Unprintable()
+
+    returned = obj_tool.invoke({}, config={"callbacks": [handler]})
+
+    assert isinstance(returned, Unprintable)
+    interrupted = store.list_runs(aa.RunFilter(status="interrupted"))[0]
+    assert_run_well_formed(store, interrupted.run_id)
+    event = store.get_logs(interrupted.run_id)[-1]
+    assert event.event_type == "interrupt"
+    value = event.payload["interrupts"][0]["value"]
+    assert value["question"] == "go?"
+    assert "Unprintable" in str(value["handle"])
+    tool_run = store.list_runs(aa.RunFilter(name="obj_tool"))[0]
+    assert tool_run.status == "succeeded"
+    assert_run_well_formed(store, tool_run.run_id)
