@@ -409,3 +409,109 @@ def test_reading_responses_imports_no_sdk() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(out) == []
+
+
+# -- record_step: steps in the current run ------------------------------------------------
+
+
+@pytest.fixture
+def store() -> aa.MemoryStore:
+    return aa.MemoryStore()
+
+
+@pytest.fixture
+def auditor(store: aa.MemoryStore) -> aa.Auditor:
+    return aa.Auditor(store)
+
+
+def steps(store: aa.Store, run_id: str) -> list[dict[str, Any]]:
+    return [e.payload for e in store.get_logs(run_id, event_types=["step"])]
+
+
+def test_record_step_numbers_steps_per_run_and_records_the_response(
+    store: aa.MemoryStore, auditor: aa.Auditor
+) -> None:
+    first = ChatCompletion.model_validate(
+        chat_completion_json(tool_calls=[function_call_json("call_1", "search", '{"q":"x"}')])
+    )
+    final = chat_completion_json(
+        content="Done.", finish_reason="stop", usage={"prompt_tokens": 5, "completion_tokens": 1}
+    )
+    with auditor.run("outer") as outer:
+        recorded = aa.record_step(first)
+        with auditor.run("inner") as inner:
+            aa.record_step(anthropic_message_json(content=[{"type": "text", "text": "sub"}]))
+        aa.record_step(final)
+
+    assert recorded == to_response(first)[0]
+    outer_steps = steps(store, outer.run_id)
+    assert [s["iter"] for s in outer_steps] == [1, 2]
+    assert [s["iter"] for s in steps(store, inner.run_id)] == [1]
+    assert {k: v for k, v in outer_steps[0].items() if k != "step_ms"} == {
+        "iter": 1,
+        "text_len": len("Let me look that up."),
+        "text": "Let me look that up.",
+        "model": "openai/gpt-4o-mini-2024-07-18",
+        "finish_reason": "tool_calls",
+        "in_tokens": 100,
+        "out_tokens": 20,
+        "thinking_tokens": 8,
+        "cache_read_tokens": 64,
+    }
+    run = store.get_run(outer.run_id)
+    assert run is not None
+    assert (run.steps, run.input_tokens, run.output_tokens, run.thinking_tokens) == (2, 105, 21, 8)
+    resolved = store.get_logs(outer.run_id, event_types=["resolved_model"])
+    assert [e.payload for e in resolved] == [{"model": "openai/gpt-4o-mini-2024-07-18"}]
+
+
+def test_record_step_explicit_iter(store: aa.MemoryStore, auditor: aa.Auditor) -> None:
+    with auditor.run("r") as run:
+        aa.record_step(aa.Response(text="a"), iter=7)
+    assert [s["iter"] for s in steps(store, run.run_id)] == [7]
+    with pytest.raises(ValueError, match="iter"):
+        aa.record_step(aa.Response(), iter=0)
+
+
+def test_record_step_outside_a_run_does_nothing(store: aa.MemoryStore) -> None:
+    assert aa.record_step(chat_completion_json()) is None
+    assert store.list_runs(aa.RunFilter()) == []
+
+
+def test_an_unreadable_shape_records_a_step_and_a_fault_never_an_exception(
+    store: aa.MemoryStore, auditor: aa.Auditor, caplog: pytest.LogCaptureFixture
+) -> None:
+    with auditor.run("r") as run:
+        recorded = aa.record_step({"model": "mystery-1", "what": "is this"})
+        aa.record_step(object())
+        aa.record_step(chat_completion_json(usage={"prompt_tokens": "many", "completion_tokens": 1}))
+
+    assert recorded == aa.Response(model="mystery-1")
+    recorded_steps = steps(store, run.run_id)
+    assert [s["iter"] for s in recorded_steps] == [1, 2, 3]
+    assert recorded_steps[0]["model"] == "mystery-1"
+    assert recorded_steps[2]["out_tokens"] == 1  # the readable part of a bad usage
+    assert auditor.faults.counts().get("record_step.shape") == 3
+    # logged once per kind per run
+    assert sum("record_step" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_strict_mode_raises_on_an_unreadable_shape(store: aa.MemoryStore) -> None:
+    auditor = aa.Auditor(store, strict=True)
+    with auditor.run("r"), pytest.raises(ValueError, match="unrecognized response shape"):
+        aa.record_step(object())
+
+
+def test_steps_recorded_from_several_threads_number_without_repeats(
+    store: aa.MemoryStore, auditor: aa.Auditor
+) -> None:
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    def record(n: int) -> None:
+        aa.record_step(aa.Response(text=str(n), model="x/y"))
+
+    with auditor.run("r") as run, ThreadPoolExecutor(max_workers=4) as pool:
+        for future in [pool.submit(contextvars.copy_context().run, record, n) for n in range(60)]:
+            future.result()
+    assert sorted(s["iter"] for s in steps(store, run.run_id)) == list(range(1, 61))
