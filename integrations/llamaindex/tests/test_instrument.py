@@ -281,3 +281,9 @@ async def test_spans_outside_agent_runs_are_not_tracked(instrumented: Instrument
 
 def test_public_names() -> None:
     assert agentaudit_llamaindex.__all__ == ["Instrumentation", "instrument"]
+
+
+async def test_a_disabled_auditor_records_nothing_and_gets_in_no_way() -> None:
+    with instrument(aa.Auditor(None)) as handle:
+        assert str(await answering_agent().run(user_msg="hello")) == "hi"
+        assert handle._recorder.tracked() == EMPTY

@@ -136,3 +136,15 @@ def test_runs_on_threads_with_their_own_event_loops_stay_apart(store: aa.MemoryS
         assert [p.get("id") for t, p in events(store, run.run_id) if t == "tool_call"] == [
             f"call-{city}"
         ]
+
+
+async def test_an_agent_run_inside_an_audited_block_is_its_child(
+    store: aa.MemoryStore, auditor: aa.Auditor
+) -> None:
+    agent = FunctionAgent(name="helper", tools=[get_weather], llm=mock_llm(say("ok")), streaming=False)
+    async with auditor.run("request", caller="user:7") as request:
+        assert str(await agent.run(user_msg="help")) == "ok"
+
+    [child] = store.list_runs(aa.RunFilter(name="helper"))
+    assert child.parent_run_id == request.run_id
+    assert child.status == aa.RunStatus.SUCCEEDED

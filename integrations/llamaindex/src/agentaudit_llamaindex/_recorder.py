@@ -322,6 +322,8 @@ class Recorder:
             options["parent_run_id"] = parent.run.writer.run_id
         # else: the core's default, the run active in this context (aa.current_run()).
         writer = self.auditor.start_run(run_name(agent), **options)
+        if not writer.enabled:
+            return  # a disabled auditor: nothing to record, so nothing to track
         run = _Run(span_id=id_, writer=writer)
         with self._lock:
             if self._detached:
