@@ -13,6 +13,7 @@ sees it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import threading
@@ -181,10 +182,13 @@ class Recorder:
                 return
             run = span.run
             if run.span_id == id_:
-                self._end_run(run, error=err)
+                self._end_run(run, error=err or RuntimeError("the run's span was dropped"))
                 return
             if span.tool is not None:
-                self._write_tool(span, error_text(err) if err else "tool call failed", True)
+                if err is None or isinstance(err, asyncio.CancelledError):
+                    self._write_tool(span, _CANCELLED_TOOL, True)
+                else:
+                    self._write_tool(span, error_text(err), True)
             elif span.agent is not None:
                 self._flush_step(span, None)
             with self._lock:
