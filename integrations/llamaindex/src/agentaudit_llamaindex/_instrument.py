@@ -21,12 +21,14 @@ _attach_lock = threading.Lock()
 
 
 class Instrumentation:
-    """The attachment of one auditor to LlamaIndex, as :func:`instrument` returns it.
+    """The attachment of one auditor to LlamaIndex, as ``instrument()`` returns it.
 
-    Call :meth:`uninstrument` to detach, or use it as a context manager::
+    Call ``uninstrument()`` to detach, or use it as a context manager:
 
-        with instrument(auditor):
-            await agent.run(user_msg="...")
+    ```python
+    with instrument(auditor):
+        await agent.run(user_msg="...")
+    ```
     """
 
     def __init__(
@@ -120,11 +122,11 @@ def instrument(
 
     Returns:
         The attachment; its ``uninstrument()`` detaches. Calling ``instrument``
-        again with the same auditor (and the same options) attaches nothing more:
-        it returns the same attachment.
+            again with the same auditor (and the same options) attaches nothing
+            more: it returns the same attachment.
 
     Raises:
-        TypeError: ``auditor`` is not an :class:`agentaudit.Auditor`, or
+        TypeError: ``auditor`` is not an ``agentaudit.Auditor``, or
             ``caller``/``metadata`` have the wrong type.
         ValueError: the auditor is already instrumented with a different
             ``caller`` or ``metadata`` (uninstrument first to change them).

@@ -1,4 +1,4 @@
-"""Reading a LlamaIndex ``ChatResponse`` into an :class:`agentaudit.Response`.
+"""Reading a LlamaIndex ``ChatResponse`` into an ``agentaudit.Response``.
 
 LlamaIndex normalizes text and tool calls (``message.content``, ``ToolCallBlock``) but
 keeps only prompt and completion counts of the usage (``additional_kwargs``); the
@@ -176,7 +176,7 @@ def tool_calls_of(message: Any) -> tuple[aa.ToolCall, ...]:
 def read_chat_response(
     response: Any, model_dict: Mapping[str, Any] | None, streamed_finish_reason: str = ""
 ) -> aa.Response:
-    """One LLM chat end as an :class:`agentaudit.Response`.
+    """One LLM chat end as an ``agentaudit.Response``.
 
     ``streamed_finish_reason`` is the reason seen on in-progress chunks: the final
     chunk of an OpenAI stream with ``include_usage`` has no choices, so the end event

@@ -6,7 +6,7 @@ event is routed by its parent or its own span id: concurrent runs (asyncio tasks
 threads) never share state, and a run started inside another run's tool finds its
 parent. When a run's span ends, everything the run owned is dropped.
 
-Every hook body runs inside the auditor's guard (:meth:`Recorder._guard`): a fault
+Every hook body runs inside the auditor's guard (``Recorder.guard``): a fault
 is logged once, counted on ``auditor.faults`` and swallowed, so the agent never
 sees it.
 """
