@@ -1,7 +1,7 @@
 """The ``agentaudit`` command (``pip install 'agentaudit[cli]'``).
 
 Kept out of the core's import path: ``import agentaudit`` never imports this package,
-which needs click and rich. :func:`agentaudit.cli.render.render_run` prints a run
+which needs click and rich. `agentaudit.cli.render.render_run` prints a run
 exactly as ``agentaudit show`` does, for programs that want the same view.
 """
 

@@ -1,8 +1,8 @@
 """How runs and events look on a terminal, and as JSON.
 
-:func:`render_run` prints one run the way ``agentaudit show`` does (the demo uses it
-too). It needs only the :class:`agentaudit.Store` read protocol, so it works on any
-store. User text is always passed to rich as :class:`~rich.text.Text`, never as
+`render_run` prints one run the way ``agentaudit show`` does (the demo uses it
+too). It needs only the `agentaudit.Store` read protocol, so it works on any
+store. User text is always passed to rich as `rich.text.Text`, never as
 markup, so a ``[bold]`` in a prompt prints as typed.
 """
 
@@ -276,7 +276,7 @@ def render_run(store: Store, run_id: str, console: Console | None = None) -> Run
     """Print a run as ``agentaudit show`` does: its header, its timeline (times
     relative to the run's start, step narration, tool arguments and results,
     errors), and its child runs. ``run_id`` may be a unique prefix on stores that
-    support it (SQLite). Returns the run; raises :class:`RunNotFoundError`."""
+    support it (SQLite). Returns the run; raises `RunNotFoundError`."""
     console = console or Console()
     run = resolve_run(store, run_id)
     events = store.get_logs(run.run_id)

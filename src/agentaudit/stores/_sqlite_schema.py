@@ -171,9 +171,9 @@ def file_version(conn: sqlite3.Connection) -> int:
 
 
 def migrate(conn: sqlite3.Connection, path: str) -> int:
-    """Bring the file to :data:`SCHEMA_VERSION`; return the version it had.
+    """Bring the file to `SCHEMA_VERSION`; return the version it had.
 
-    Raises :class:`SchemaVersionError` for a file newer than this code."""
+    Raises `SchemaVersionError` for a file newer than this code."""
     found = file_version(conn)
     if found == SCHEMA_VERSION:
         return found

@@ -6,7 +6,7 @@ nanoseconds); one thread drains it and writes each batch in one transaction with
 the previous commit ran. Operations keep their order: a run's start, its events and
 its finish are written in the order they were submitted.
 
-A :class:`Ticket` lets a caller wait for its item to be committed (a run's finish,
+A `Ticket` lets a caller wait for its item to be committed (a run's finish,
 a flush, an event in sync mode, purge and other maintenance calls).
 """
 
@@ -129,7 +129,7 @@ class SQLiteWriter:
 
     def submit(self, op: int, data: Any, ticket: Ticket | None = None, *, bounded: bool = True) -> None:
         """Queue one item. When the queue is full, wait up to ``queue_timeout`` for
-        room, then raise :class:`StoreError` (the caller counts the event dropped)."""
+        room, then raise `StoreError` (the caller counts the event dropped)."""
         if self._thread is None:
             self._start()
         if self._fatal is not None or self._stopping:

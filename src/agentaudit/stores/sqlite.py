@@ -6,7 +6,7 @@ lets readers run beside the writer, and each writer takes the file's write lock 
 batch (``BEGIN IMMEDIATE``), retrying while another process holds it.
 
 On open, runs left ``running`` by a process of this host that no longer exists are
-marked ``abandoned``; :meth:`SQLiteStore.reap` does the same for runs on any host
+marked ``abandoned``; `SQLiteStore.reap` does the same for runs on any host
 that have been silent for too long.
 """
 
@@ -79,9 +79,9 @@ class SQLiteStore:
     before the hook returns, with ``synchronous=FULL`` (survives power loss too).
 
     ``max_queue`` bounds the events waiting to be written; an append that finds it
-    full waits up to ``queue_timeout`` seconds, then raises :class:`StoreError` (the
+    full waits up to ``queue_timeout`` seconds, then raises `StoreError` (the
     writer counts the event as dropped). ``close_timeout`` bounds the final flush of
-    :meth:`close` and of the exit hook. ``create=False`` refuses a missing file
+    `close` and of the exit hook. ``create=False`` refuses a missing file
     instead of creating it (the CLI reads with it).
     """
 
