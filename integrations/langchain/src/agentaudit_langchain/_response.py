@@ -1,4 +1,4 @@
-"""One model call's ``LLMResult`` as an :class:`agentaudit.Response`.
+"""One model call's ``LLMResult`` as an `agentaudit.Response`.
 
 Where LangChain keeps each field (langchain-core 1.x): the ``AIMessage`` of the
 first generation carries the text, ``response_metadata`` (served model name and
