@@ -1,8 +1,8 @@
-"""Reading a model SDK's response into an :class:`~agentaudit.Response`, duck-typed.
+"""Reading a model SDK's response into an `aa.Response`, duck-typed.
 
-``record_step`` takes whatever a hand-written loop got back from its SDK: an OpenAI
+`record_step` takes whatever a hand-written loop got back from its SDK: an OpenAI
 Chat Completions object, an OpenAI Responses object, an Anthropic Messages object, or
-the plain dicts of those shapes (``model_dump()``, JSON from a proxy). No SDK is
+the plain dicts of those shapes (`model_dump()`, JSON from a proxy). No SDK is
 imported: fields are read by name from attributes or mapping keys, so a new SDK
 release that adds fields changes nothing, and the core stays standard library only.
 
@@ -21,7 +21,7 @@ __all__ = ["ResponseShape", "describe_shape", "to_response"]
 
 
 class ResponseShape:
-    """The names of the shapes :func:`to_response` knows."""
+    """The names of the shapes `to_response` knows."""
 
     RESPONSE = "agentaudit.Response"
     CHAT_COMPLETION = "openai.chat.completion"
@@ -35,7 +35,7 @@ _MISSING = object()
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
-    """``obj[name]`` for a mapping, ``obj.name`` otherwise; ``default`` when absent
+    """`obj[name]` for a mapping, `obj.name` otherwise; `default` when absent
     or when reading it raises (a property of a half-built object, say)."""
     if obj is None:
         return default
@@ -52,7 +52,7 @@ def _is_list(value: Any) -> bool:
 
 
 def describe_shape(obj: Any) -> str:
-    """Which known shape ``obj`` has (a :class:`ResponseShape` value)."""
+    """Which known shape `obj` has (a `ResponseShape` value)."""
     if isinstance(obj, Response):
         return ResponseShape.RESPONSE
     kind = _field(obj, "object")
@@ -145,7 +145,7 @@ class _Reader:
 
 
 def to_response(obj: Any) -> tuple[Response, tuple[str, ...]]:
-    """``obj`` as a :class:`Response`, and what could not be read from it (empty when
+    """`obj` as a `Response`, and what could not be read from it (empty when
     everything was understood). Never raises."""
     reader = _Reader()
     shape = ResponseShape.UNKNOWN
