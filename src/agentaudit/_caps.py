@@ -1,0 +1,40 @@
+"""Byte caps on persisted text.
+
+Caps count UTF-8 bytes (what a database column and a log line cost), never split a
+character, and say how much was dropped: ``…[+N bytes]``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RUN_IO_MAX", "STEP_TEXT_MAX", "TOOL_RESULT_MAX", "cap", "utf8_len"]
+
+# The seed's caps: step narration is the best clue to why a model misfired a tool,
+# but bounded so one payload cannot balloon; tool results likewise.
+STEP_TEXT_MAX = 2000
+TOOL_RESULT_MAX = 4000
+# A run's input, output and error text, and log_error messages.
+RUN_IO_MAX = 8000
+
+
+def utf8_len(text: str) -> int:
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def cap(text: str, max_bytes: int) -> tuple[str, bool]:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes plus a ``…[+N bytes]`` marker
+    naming the bytes dropped; and whether it was cut."""
+    if text.isascii():
+        if len(text) <= max_bytes:
+            return text, False
+        return f"{text[:max_bytes]}…[+{len(text) - max_bytes} bytes]", True
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= max_bytes:
+        return text, False
+    end = max_bytes
+    # Back off continuation bytes (10xxxxxx) so no character is split.
+    while end > 0 and (raw[end] & 0xC0) == 0x80:
+        end -= 1
+    kept = raw[:end].decode("utf-8", "surrogatepass")
+    return f"{kept}…[+{len(raw) - end} bytes]", True

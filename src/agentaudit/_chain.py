@@ -1,0 +1,61 @@
+"""The hash chain that makes a run's log tamper-evident.
+
+Each event's hash is SHA-256 over its canonical fields and the previous event's hash,
+so editing, deleting or reordering any stored event breaks every hash after it, and
+verification names the first sequence that no longer holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from datetime import datetime
+
+from ._model import Event, VerifyResult
+from ._serialize import canonical_json
+
+__all__ = ["event_hash", "format_time", "verify_events"]
+
+
+def format_time(moment: datetime) -> str:
+    """The one text form of an event time that is hashed and stored (UTC, microseconds)."""
+    return moment.isoformat(timespec="microseconds")
+
+
+def event_hash(
+    prev_hash: str, run_id: str, sequence: int, event_type: str, created_at: datetime, payload_json: str
+) -> str:
+    """SHA-256 (hex) over the previous hash, the event's header and its canonical payload."""
+    header = json.dumps(
+        [prev_hash, run_id, sequence, event_type, format_time(created_at)],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(f"{header}\n{payload_json}".encode()).hexdigest()
+
+
+def verify_events(run_id: str, events: Iterable[Event]) -> VerifyResult:
+    """Check a run's events (in sequence order): numbering 1..n, links, hashes."""
+    prev = ""
+    count = 0
+    for expected, event in enumerate(events, start=1):
+        count = expected
+        if event.sequence != expected:
+            return VerifyResult(
+                run_id, False, count, expected, f"sequence {expected} is missing (found {event.sequence})"
+            )
+        if event.run_id != run_id:
+            return VerifyResult(run_id, False, count, expected, "event belongs to another run")
+        if event.prev_hash != prev:
+            return VerifyResult(
+                run_id, False, count, expected, "prev_hash does not match the previous event's hash"
+            )
+        actual = event_hash(
+            prev, event.run_id, event.sequence, event.event_type, event.created_at,
+            canonical_json(event.payload),
+        )
+        if actual != event.hash:
+            return VerifyResult(run_id, False, count, expected, "hash does not match the event's content")
+        prev = event.hash
+    return VerifyResult(run_id, True, count)

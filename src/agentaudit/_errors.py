@@ -1,0 +1,28 @@
+"""The exceptions agentaudit raises at its API boundary.
+
+Hooks never raise them at an agent (faults are swallowed and counted); they reach
+callers who construct bad values or ask a store for something it cannot do.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AgentAuditError", "RunNotFoundError", "SchemaVersionError", "StoreError"]
+
+
+class AgentAuditError(Exception):
+    """Base class of every exception agentaudit raises on purpose."""
+
+
+class StoreError(AgentAuditError):
+    """A store could not do what was asked (closed, unreachable, corrupt)."""
+
+
+class SchemaVersionError(StoreError):
+    """A database was written by a newer agentaudit than this one."""
+
+
+class RunNotFoundError(AgentAuditError, KeyError):
+    """No run has the given id (or a given id prefix matched none, or several)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the sentence
+        return str(self.args[0]) if self.args else "run not found"

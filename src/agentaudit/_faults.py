@@ -1,0 +1,105 @@
+"""Faults: what went wrong inside agentaudit, kept away from the agent.
+
+Every hook body runs inside one guard (as sentry-python's integrations do): an
+exception from our code or a store is logged once per kind per run, counted, and
+dropped. ``strict=True`` re-raises instead, for tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+__all__ = ["Faults", "logger"]
+
+logger = logging.getLogger("agentaudit")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Bounds the "already logged" memory: a process auditing millions of runs must not grow.
+_MAX_REMEMBERED = 10_000
+
+
+class Faults:
+    """Counts faults by kind and logs each kind once per run.
+
+    Args:
+        strict: re-raise every fault instead of swallowing it (for tests).
+    """
+
+    def __init__(self, *, strict: bool = False) -> None:
+        self.strict = strict
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._logged: set[tuple[str, str | None]] = set()
+
+    def report(self, kind: str, exc: BaseException | None = None, run_id: str | None = None) -> None:
+        """Record one fault. Raises ``exc`` (or a RuntimeError) in strict mode."""
+        with self._lock:
+            self._counts[kind] = self._counts.get(kind, 0) + 1
+            key = (kind, run_id)
+            first = key not in self._logged
+            if first:
+                if len(self._logged) >= _MAX_REMEMBERED:
+                    self._logged.clear()
+                self._logged.add(key)
+        if first:
+            logger.warning(
+                "agentaudit fault %s (run %s): %s; the agent goes on, later faults of this kind "
+                "in this run are counted, not logged",
+                kind,
+                run_id or "-",
+                f"{type(exc).__name__}: {exc}" if exc is not None else "no detail",
+                exc_info=exc if exc is not None and logger.isEnabledFor(logging.DEBUG) else None,
+            )
+        if self.strict:
+            if exc is not None:
+                raise exc
+            raise RuntimeError(f"agentaudit fault {kind} (run {run_id})")
+
+    @contextmanager
+    def guard(self, kind: str, run_id: str | None = None) -> Iterator[None]:
+        """Run the ``with`` body; an ``Exception`` in it becomes a fault of ``kind``."""
+        try:
+            yield
+        except Exception as exc:
+            self.report(kind, exc, run_id)
+
+    def guarded(self, kind: str) -> Callable[[F], F]:
+        """Decorator form of :meth:`guard` for hook functions; a fault returns None."""
+
+        def decorate(fn: F) -> F:
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    self.report(kind, exc)
+                    return None
+
+            return wrapper  # type: ignore[return-value]
+
+        return decorate
+
+    def forget(self, run_id: str) -> None:
+        """Drop the run's "already logged" marks (called when the run closes)."""
+        with self._lock:
+            for key in [k for k in self._logged if k[1] == run_id]:
+                self._logged.discard(key)
+
+    def counts(self) -> dict[str, int]:
+        """A snapshot of fault counts by kind."""
+        with self._lock:
+            return dict(self._counts)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+    def __repr__(self) -> str:
+        return f"Faults(total={self.total}, strict={self.strict})"
