@@ -1,0 +1,198 @@
+"""The Auditor: the seed's Sink. It starts runs in a store and hands out Writers.
+
+``Auditor(None)`` is equivalent to no audit: every call is a cheap no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any
+
+from ._caps import RUN_IO_MAX, cap
+from ._context import activate, active_writer, deactivate
+from ._faults import Faults
+from ._model import Run, RunStats, RunStatus
+from ._pricing import Pricing
+from ._redaction import RedactionPolicy
+from ._serialize import safe_text
+from ._writer import DEFAULT_FINISH_TIMEOUT, NOOP_WRITER, Writer
+
+__all__ = ["Auditor", "RunContext"]
+
+_UNSET: Any = object()
+_HOST = socket.gethostname()
+
+
+def status_for_exception(exc: BaseException) -> RunStatus:
+    """The terminal status an exception ending a run means."""
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)):
+        return RunStatus.CANCELLED
+    if isinstance(exc, TimeoutError):
+        return RunStatus.TIMEOUT
+    return RunStatus.FAILED
+
+
+def error_text(exc: BaseException) -> str:
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class Auditor:
+    """Starts audited runs in ``store``.
+
+    Args:
+        store: any :class:`agentaudit.Store`, or None for no audit at all.
+        redaction: what is masked before persistence (default: :class:`RedactionPolicy`).
+        pricing: model -> ``{"input": $/M, "output": $/M, "cache_read": $/M}``, or a
+            callable ``(model, usage) -> float | None``; fills ``cost_usd``.
+        strict: re-raise faults instead of swallowing them (for tests).
+        finish_timeout: seconds ``close`` waits on the store at most.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        redaction: RedactionPolicy | None = None,
+        pricing: Pricing | None = None,
+        strict: bool = False,
+        finish_timeout: float = DEFAULT_FINISH_TIMEOUT,
+    ) -> None:
+        if redaction is not None and not isinstance(redaction, RedactionPolicy):
+            raise ValueError(f"redaction must be a RedactionPolicy, got {type(redaction).__name__}")
+        if pricing is not None and not (callable(pricing) or isinstance(pricing, Mapping)):
+            raise ValueError(f"pricing must be a mapping or a callable, got {type(pricing).__name__}")
+        if not finish_timeout > 0:
+            raise ValueError(f"finish_timeout must be > 0 seconds, got {finish_timeout!r}")
+        self.store = store
+        self.redaction = redaction or RedactionPolicy()
+        self.pricing = pricing
+        self.finish_timeout = float(finish_timeout)
+        self.faults = Faults(strict=strict)
+
+    @property
+    def enabled(self) -> bool:
+        return self.store is not None
+
+    def guard(self, kind: str, run_id: str | None = None) -> AbstractContextManager[None]:
+        """The one guard every hook body runs in: a fault is logged once, counted, dropped."""
+        return self.faults.guard(kind, run_id)
+
+    def start_run(
+        self,
+        name: str,
+        *,
+        caller: str | None = None,
+        input: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = _UNSET,
+    ) -> Writer:
+        """Record a new run and return its Writer.
+
+        ``parent_run_id`` defaults to the current run (see :func:`current_run`); pass
+        None for a root run. Raises ValueError on an empty name."""
+        if self.store is None:
+            return NOOP_WRITER
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"run name must be a non-empty str, got {name!r}")
+        if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
+            raise ValueError(f"run_id must be a non-empty str or None, got {run_id!r}")
+        if parent_run_id is _UNSET:
+            parent = active_writer()
+            parent_run_id = parent.run_id if parent is not None and parent.enabled else None
+        writer = Writer(
+            self.store,
+            run_id or uuid.uuid4().hex,
+            redaction=self.redaction,
+            pricing=self.pricing,
+            faults=self.faults,
+            finish_timeout=self.finish_timeout,
+        )
+        with self.faults.guard("start_run", writer.run_id):
+            clean_meta = writer._persist_value(dict(metadata or {}), "run.metadata")
+            run = Run(
+                run_id=writer.run_id,
+                name=name,
+                caller=safe_text(caller),
+                parent_run_id=parent_run_id,
+                status=RunStatus.RUNNING,
+                started_at=datetime.now(timezone.utc),
+                input=cap(writer._persistable(safe_text(input), "run.input"), RUN_IO_MAX)[0],
+                metadata=clean_meta if isinstance(clean_meta, dict) else {},
+                host=_HOST,
+                pid=os.getpid(),
+            )
+            self.store.start_run(run)
+        return writer
+
+    def run(
+        self,
+        name: str,
+        *,
+        caller: str | None = None,
+        input: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = _UNSET,
+    ) -> RunContext:
+        """A run as a context manager (``with`` or ``async with``): succeeded on normal
+        exit; failed with the error text on an exception (re-raised); cancelled on
+        cancellation or KeyboardInterrupt (re-raised); timeout on TimeoutError. Inside,
+        :func:`current_run` returns its Writer."""
+        return RunContext(
+            self,
+            name,
+            dict(caller=caller, input=input, metadata=metadata, run_id=run_id, parent_run_id=parent_run_id),
+        )
+
+    def __repr__(self) -> str:
+        return f"Auditor(store={type(self.store).__name__ if self.store is not None else None}, faults={self.faults.total})"
+
+
+class RunContext:
+    """What :meth:`Auditor.run` returns; enter it with ``with`` or ``async with``."""
+
+    def __init__(self, auditor: Auditor, name: str, options: dict[str, Any]) -> None:
+        self._auditor = auditor
+        self._name = name
+        self._options = options
+        self._writer: Writer = NOOP_WRITER
+        self._tokens: list[Any] = []
+
+    def __enter__(self) -> Writer:
+        self._writer = self._auditor.start_run(self._name, **self._options)
+        self._tokens.append(activate(self._writer))
+        return self._writer
+
+    def _stats(self, exc: BaseException | None) -> RunStats:
+        if exc is None:
+            return RunStats(status=RunStatus.SUCCEEDED)
+        return RunStats(status=status_for_exception(exc), error=error_text(exc))
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._tokens:
+            deactivate(self._tokens.pop())
+        self._writer.close(self._stats(exc))
+
+    async def __aenter__(self) -> Writer:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._tokens:
+            deactivate(self._tokens.pop())
+        await self._writer.aclose(self._stats(exc))
+
+    def __iter__(self) -> Iterator[Any]:  # pragma: no cover - guards a common slip
+        raise TypeError("use `with auditor.run(...) as w:`, not iteration")
