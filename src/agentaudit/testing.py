@@ -1,0 +1,261 @@
+"""Test helpers for third parties: a store conformance suite, an adapter contract,
+and fault-injecting stores.
+
+Store authors subclass :class:`StoreConformance` in a ``Test…`` class and give it a
+``store`` pytest fixture (and optionally ``reopen_store``, a callable returning a new
+store over the same data). Adapter authors call :func:`assert_run_well_formed` on
+every run their tests record. Nothing here is imported by ``import agentaudit``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from ._auditor import Auditor
+from ._model import Event, Response, Run, RunFilter, RunStats, RunStatus, ToolCall, Usage
+
+__all__ = ["BlockingStore", "RaisingStore", "StoreConformance", "assert_run_well_formed"]
+
+
+def assert_run_well_formed(store: Any, run_id: str) -> Run:
+    """The adapter contract: what every recorded run must satisfy. Returns the run.
+
+    Sequences 1..n with no gap; the hash chain verifies; step ``iter`` values are
+    1..k; every ``tool_call`` is followed later by a ``tool_result`` with the same id;
+    the run is terminal; its tool-call count and token totals equal its events'."""
+    run = store.get_run(run_id)
+    assert run is not None, f"run {run_id} was not recorded"
+    events = store.get_logs(run_id)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1)), "sequence gap or repeat"
+    result = store.verify(run_id)
+    assert result.ok, f"hash chain broken at {result.broken_sequence}: {result.reason}"
+    steps = [e for e in events if e.event_type == "step"]
+    assert [e.payload["iter"] for e in steps] == list(range(1, len(steps) + 1)), (
+        f"step iters are {[e.payload['iter'] for e in steps]}"
+    )
+    pending: dict[str, int] = {}
+    for e in events:
+        if e.event_type == "tool_call":
+            pending[e.payload["id"]] = pending.get(e.payload["id"], 0) + 1
+        elif e.event_type == "tool_result":
+            call_id = e.payload["id"]
+            assert pending.get(call_id), f"tool_result {call_id!r} has no earlier tool_call"
+            pending[call_id] -= 1
+    assert not any(pending.values()), f"tool_call without tool_result: {pending}"
+    assert run.status.is_terminal, f"run is still {run.status}"
+    calls = sum(1 for e in events if e.event_type == "tool_call")
+    assert run.tool_calls == calls, f"run.tool_calls={run.tool_calls}, tool_call events={calls}"
+    assert run.steps == len(steps), f"run.steps={run.steps}, step events={len(steps)}"
+    assert run.input_tokens == sum(e.payload.get("in_tokens", 0) for e in steps)
+    assert run.output_tokens == sum(e.payload.get("out_tokens", 0) for e in steps)
+    models = [e for e in events if e.event_type == "resolved_model"]
+    assert len(models) <= 1, "resolved_model recorded more than once"
+    return run
+
+
+class RaisingStore:
+    """A store whose every call raises: the agent must not notice."""
+
+    def __init__(self, exc: Exception | None = None) -> None:
+        self.exc = exc or OSError("disk on fire")
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            raise self.exc
+
+        return fail
+
+
+class BlockingStore:
+    """Wraps a store; ``finish_run`` (and, with ``block_appends``, ``append_log``)
+    blocks until :meth:`release` is called. Models a hung database."""
+
+    def __init__(self, inner: Any, *, block_appends: bool = False) -> None:
+        self.inner = inner
+        self.block_appends = block_appends
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def finish_run(self, *args: Any, **kwargs: Any) -> None:
+        self.released.wait()
+        self.inner.finish_run(*args, **kwargs)
+
+    def append_log(self, event: Event) -> None:
+        if self.block_appends:
+            self.released.wait()
+        self.inner.append_log(event)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _response(i: int) -> Response:
+    return Response(
+        text=f"thinking about step {i}",
+        model="openai/gpt-4o-mini",
+        finish_reason="tool_calls",
+        usage=Usage(input_tokens=10 * i, output_tokens=i, reasoning_tokens=1, cache_read_tokens=2),
+        tool_calls=(ToolCall("search", {"q": i}, f"call_{i}"),),
+    )
+
+
+def _record(auditor: Auditor, name: str, *, steps: int = 2, status: str = "succeeded", **kw: Any) -> str:
+    writer = auditor.start_run(name, **kw)
+    for i in range(1, steps + 1):
+        writer.on_step(i, _response(i))
+        writer.on_tool(ToolCall("search", {"q": i}, f"call_{i}"), f"result {i}", duration_ms=1.5)
+    writer.log_event("custom", {"k": [1, 2]})
+    writer.close(RunStats(status=status, output="done"))
+    return writer.run_id
+
+
+class StoreConformance:
+    """The storage conformance suite. Subclass in a ``Test…`` class and define a
+    ``store`` fixture; define ``reopen_store`` (a fixture returning a zero-argument
+    callable that opens a new store over the same data) to check durability."""
+
+    def _auditor(self, store: Any) -> Auditor:
+        return Auditor(store, strict=True)
+
+    def test_run_round_trip(self, store: Any) -> None:
+        auditor = self._auditor(store)
+        run_id = _record(auditor, "agent", caller="user:1", input="question", metadata={"env": "prod"})
+        store.flush()
+        run = assert_run_well_formed(store, run_id)
+        assert (run.name, run.caller, run.input, run.output) == ("agent", "user:1", "question", "done")
+        assert run.status is RunStatus.SUCCEEDED and run.metadata == {"env": "prod"}
+        assert run.tool_calls == 2 and run.steps == 2
+        assert (run.input_tokens, run.output_tokens, run.thinking_tokens) == (30, 3, 2)
+        assert run.finished_at is not None and run.finished_at >= run.started_at
+        assert run.pid > 0 and run.host
+
+    def test_events_round_trip_exactly(self, store: Any) -> None:
+        auditor = self._auditor(store)
+        writer = auditor.start_run("agent", parent_run_id=None)
+        writer.log_event("custom", {"text": "héllo 🌍", "n": 1.5, "nested": {"b": [1, None, True]}})
+        writer.close()
+        events = store.get_logs(writer.run_id)
+        assert len(events) == 1
+        assert events[0].payload == {"n": 1.5, "nested": {"b": [1, None, True]}, "text": "héllo 🌍"}
+        assert events[0].created_at.tzinfo is not None
+        assert store.verify(writer.run_id).ok
+
+    def test_get_logs_filters(self, store: Any) -> None:
+        run_id = _record(self._auditor(store), "agent", steps=3)
+        assert [e.event_type for e in store.get_logs(run_id, event_types=["step"])] == ["step"] * 3
+        after = store.get_logs(run_id, after=4)
+        assert after[0].sequence == 5
+        assert [e.sequence for e in store.get_logs(run_id, after=2, limit=3)] == [3, 4, 5]
+        assert store.get_logs("no-such-run") == []
+
+    def test_unknown_run(self, store: Any) -> None:
+        assert store.get_run("no-such-run") is None
+        assert store.delete_run("no-such-run") is False
+        assert store.children("no-such-run") == []
+
+    def test_list_count_filters_newest_first(self, store: Any) -> None:
+        auditor = self._auditor(store)
+        ids = [_record(auditor, "a" if i % 2 else "b", caller=f"user:{i % 3}", steps=1,
+                       status="failed" if i == 4 else "succeeded") for i in range(6)]
+        store.flush()
+        listed = store.list_runs()
+        assert [r.run_id for r in listed] == ids[::-1]
+        assert store.count_runs() == 6
+        assert {r.run_id for r in store.list_runs(RunFilter(name="a"))} == set(ids[1::2])
+        assert store.count_runs(RunFilter(caller="user:0")) == 2
+        assert [r.run_id for r in store.list_runs(RunFilter(status="failed"))] == [ids[4]]
+        assert store.count_runs(RunFilter(status=["failed", "succeeded"])) == 6
+        assert [r.run_id for r in store.list_runs(RunFilter(limit=2, offset=1))] == ids[::-1][1:3]
+        pivot = listed[2].started_at
+        assert all(r.started_at >= pivot for r in store.list_runs(RunFilter(since=pivot)))
+        assert all(r.started_at < pivot for r in store.list_runs(RunFilter(until=pivot)))
+        assert [r.run_id for r in store.iter_runs(RunFilter(name="b"))] == ids[0::2][::-1]
+
+    def test_iter_runs_walks_everything(self, store: Any) -> None:
+        auditor = self._auditor(store)
+        ids = {_record(auditor, "agent", steps=0) for _ in range(7)}
+        assert {r.run_id for r in store.iter_runs()} == ids
+        assert {r.run_id for r in store.iter_runs(RunFilter(limit=3))} <= ids
+
+    def test_children_and_parent_filter(self, store: Any) -> None:
+        auditor = self._auditor(store)
+        with auditor.run("parent") as parent:
+            first = _record(auditor, "child")
+            second = _record(auditor, "child")
+        assert [r.run_id for r in store.children(parent.run_id)] == [first, second]
+        assert store.count_runs(RunFilter(parent_run_id=parent.run_id)) == 2
+        assert store.get_run(first).parent_run_id == parent.run_id
+
+    def test_purge_by_age_and_status_never_running(self, store: Any) -> None:
+        auditor = self._auditor(store)
+        done = _record(auditor, "old")
+        failed = _record(auditor, "old", status="failed")
+        running = auditor.start_run("still-going").run_id
+        store.flush()
+        future = datetime.now(timezone.utc) + timedelta(seconds=5)
+        assert store.purge(future, statuses=["failed"]) == 1
+        assert store.get_run(failed) is None and store.get_logs(failed) == []
+        assert store.purge(datetime.now(timezone.utc) - timedelta(days=1)) == 0
+        assert store.purge(future) == 1
+        assert store.get_run(done) is None
+        assert store.get_run(running) is not None
+
+    def test_delete_run(self, store: Any) -> None:
+        run_id = _record(self._auditor(store), "agent")
+        assert store.delete_run(run_id) is True
+        assert store.get_run(run_id) is None and store.get_logs(run_id) == []
+
+    def test_verify_names_first_broken_sequence(self, store: Any) -> None:
+        run_id = _record(self._auditor(store), "agent", steps=2)
+        assert store.verify(run_id).ok
+        assert store.verify(run_id).events == len(store.get_logs(run_id))
+        empty = self._auditor(store).start_run("empty")
+        empty.close()
+        assert store.verify(empty.run_id).ok and store.verify(empty.run_id).events == 0
+
+    def test_concurrent_writers_one_run(self, store: Any) -> None:
+        writer = self._auditor(store).start_run("threads")
+
+        def work(t: int) -> None:
+            for i in range(50):
+                writer.log_event("tick", {"t": t, "i": i})
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        writer.close()
+        assert [e.sequence for e in store.get_logs(writer.run_id)] == list(range(1, 401))
+        assert store.verify(writer.run_id).ok
+
+    def test_finish_overwrites_status(self, store: Any) -> None:
+        writer = self._auditor(store).start_run("agent")
+        store.finish_run(writer.run_id, RunStats(status="abandoned"), datetime.now(timezone.utc))
+        writer.close(RunStats(status="failed", error="boom"))
+        run = store.get_run(writer.run_id)
+        assert run.status is RunStatus.FAILED and run.error == "boom"
+
+    def test_durable_after_close(self, store: Any, request: Any) -> None:
+        import pytest  # only this suite needs it, and only under pytest
+
+        run_id = _record(self._auditor(store), "agent", steps=3)
+        try:
+            reopen_store = request.getfixturevalue("reopen_store")
+        except pytest.FixtureLookupError:
+            assert_run_well_formed(store, run_id)  # no reopen: at least readable now
+            return
+        store.close()
+        again = reopen_store()
+        try:
+            assert_run_well_formed(again, run_id)
+            assert again.get_run(run_id).output == "done"
+        finally:
+            again.close()
