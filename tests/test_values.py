@@ -2,6 +2,7 @@
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import math
 
@@ -219,17 +220,17 @@ def recorded_events():
 def test_chain_starts_empty_and_links():
     run_id, events = recorded_events()
     assert events[0].prev_hash == "" and all(len(e.hash) == 64 for e in events)
-    assert all(b.prev_hash == a.hash for a, b in zip(events, events[1:]))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(events))
     assert verify_events(run_id, events).ok
 
 
 @pytest.mark.parametrize(
     ("tamper", "broken"),
     [
-        (lambda ev: ev[:2] + [dataclasses.replace(ev[2], payload={"i": 99})] + ev[3:], 3),
+        (lambda ev: [*ev[:2], dataclasses.replace(ev[2], payload={"i": 99}), *ev[3:]], 3),
         (lambda ev: ev[:1] + ev[2:], 2),
         (lambda ev: [ev[0], ev[2], ev[1], *ev[3:]], 2),
-        (lambda ev: ev[:3] + [dataclasses.replace(ev[3], event_type="x")] + ev[4:], 4),
+        (lambda ev: [*ev[:3], dataclasses.replace(ev[3], event_type="x"), *ev[4:]], 4),
     ],
 )
 def test_verification_names_the_first_broken_sequence(tamper, broken):

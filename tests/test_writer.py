@@ -85,7 +85,7 @@ def test_step_ms_measures_the_gap_since_the_previous_step(store, auditor):
     time.sleep(0.03)
     w.on_step(2)
     w.close()
-    first, second = payloads(store, w.run_id)
+    _first, second = payloads(store, w.run_id)
     assert second["step_ms"] >= 25
 
 

@@ -8,7 +8,6 @@ verification names the first sequence that no longer holds.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -27,12 +26,12 @@ def event_hash(
     prev_hash: str, run_id: str, sequence: int, event_type: str, created_at: datetime, payload_json: str
 ) -> str:
     """SHA-256 (hex) over the previous hash, the event's header and its canonical payload."""
-    header = json.dumps(
-        [prev_hash, run_id, sequence, event_type, format_time(created_at)],
-        separators=(",", ":"),
-        ensure_ascii=False,
+    # Length-prefixed free-text fields: no run id or event type can forge a boundary.
+    header = (
+        f"{prev_hash}|{len(run_id)}:{run_id}|{sequence}|{len(event_type)}:{event_type}|"
+        f"{format_time(created_at)}"
     )
-    return hashlib.sha256(f"{header}\n{payload_json}".encode()).hexdigest()
+    return hashlib.sha256(f"{header}\n{payload_json}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def verify_events(run_id: str, events: Iterable[Event]) -> VerifyResult:

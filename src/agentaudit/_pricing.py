@@ -4,14 +4,14 @@ callable. No built-in price list: prices change, and a stale one would lie."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 from ._model import Usage
 
 __all__ = ["Pricing", "price_step"]
 
 # model -> {"input": $/M, "output": $/M, "cache_read": $/M (optional)}, or a callable.
-Pricing = Union[Mapping[str, Mapping[str, float]], Callable[[str, Usage], "float | None"]]
+Pricing = Mapping[str, Mapping[str, float]] | Callable[[str, Usage], float | None]
 
 
 def _lookup(prices: Mapping[str, Any], model: str) -> Mapping[str, float] | None:

@@ -124,13 +124,17 @@ def _convert(obj: Any, depth: int, path: frozenset[int]) -> Any:
     return f"<unserializable {_type_name(obj)}>"
 
 
+# One encoder, built once: json.dumps with non-default options builds a new one per call.
+_STRICT_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(obj: Any) -> str:
     """Compact JSON with sorted keys: the stored and hashed form. Never raises."""
     try:
         # Fast path: the writer's own payloads are plain values already.
-        out = json.dumps(
-            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        out = _STRICT_ENCODER.encode(obj)
         if out.isascii():
             return out
         out.encode("utf-8")  # a lone surrogate somewhere: take the slow path
