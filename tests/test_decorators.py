@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from agentaudit.testing import assert_run_well_formed
 
 import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
 
 
 @pytest.fixture
@@ -244,7 +244,7 @@ def test_generator_keeps_send_throw_and_return_value(
     assert json.loads(run.output) == [0, 5, 105]
 
 
-def test_generator_stopped_early_succeeds_with_what_it_yielded(
+def test_generator_stopped_early_is_cancelled_with_what_it_yielded(
     store: aa.MemoryStore, auditor: aa.Auditor
 ) -> None:
     closed = []
@@ -262,7 +262,8 @@ def test_generator_stopped_early_succeeds_with_what_it_yielded(
 
     run = only_run(store)
     assert closed == [True]
-    assert run.status is aa.RunStatus.SUCCEEDED
+    assert run.status is aa.RunStatus.CANCELLED  # cut short: the generator did not finish
+    assert run.error == "closed by its consumer before it finished"
     assert json.loads(run.output) == [0, 1, 2]
 
 
@@ -330,7 +331,7 @@ async def test_async_generator_asend_athrow_and_early_close(
     assert await agen.athrow(KeyError("x")) == "recovered"
     await agen.aclose()
     run = only_run(store)
-    assert run.status is aa.RunStatus.SUCCEEDED
+    assert run.status is aa.RunStatus.CANCELLED
     assert json.loads(run.output) == ["ready", "ping", "recovered"]
 
 

@@ -17,12 +17,10 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Any, TypeVar, overload
 
-from ._auditor import Auditor
+from ._auditor import Auditor, error_text, status_for_exception
 from ._caps import RUN_IO_MAX, utf8_len
-from ._context import activate as _activate
-from ._context import current_run
-from ._context import deactivate as _deactivate
-from ._model import Response, ToolCall
+from ._context import activate, current_run, deactivate
+from ._model import Response, RunStats, RunStatus, ToolCall
 from ._responses import to_response
 from ._serialize import canonical_json
 
@@ -303,11 +301,11 @@ class _Current:
 
     def __enter__(self) -> None:
         if self.writer is not None:
-            self.token = _activate(self.writer)
+            self.token = activate(self.writer)
 
     def __exit__(self, *exc: object) -> None:
         if self.token is not None:
-            _deactivate(self.token)
+            deactivate(self.token)
             self.token = None
 
 
@@ -333,10 +331,7 @@ def _wrap_generator(fn: Callable[..., Any], spec: _RunSpec) -> Callable[..., Any
             while True:
                 try:
                     with current:
-                        if to_throw is not None:
-                            item = gen.throw(to_throw)
-                        else:
-                            item = gen.send(to_send)
+                        item = gen.throw(to_throw) if to_throw is not None else gen.send(to_send)
                 except StopIteration as stop:
                     result = stop.value
                     break
@@ -350,13 +345,9 @@ def _wrap_generator(fn: Callable[..., Any], spec: _RunSpec) -> Callable[..., Any
                     raise
                 except BaseException as exc:  # consumer's gen.throw(): pass it in
                     to_send, to_throw = None, exc
-        except GeneratorExit:
-            # The consumer stopped early (break, close(), garbage collection): it
-            # took what it needed, so the run succeeded with what was yielded.
-            if writer is not None:
-                _close(writer, None, items)
-            raise
         except BaseException as exc:
+            # GeneratorExit too: the consumer stopped early (break, close(), garbage
+            # collection, a client gone), so the work was cut short: cancelled.
             if writer is not None:
                 _close(writer, exc, items)
             raise
@@ -402,10 +393,6 @@ def _wrap_async_generator(fn: Callable[..., Any], spec: _RunSpec) -> Callable[..
                     raise
                 except BaseException as exc:
                     to_send, to_throw = None, exc
-        except GeneratorExit:
-            if writer is not None:
-                await _aclose(writer, None, items)
-            raise
         except BaseException as exc:
             if writer is not None:
                 await _aclose(writer, exc, items)
@@ -414,6 +401,25 @@ def _wrap_async_generator(fn: Callable[..., Any], spec: _RunSpec) -> Callable[..
             await _aclose(writer, None, items)
 
     return wrapper
+
+
+def _stats(exc: BaseException | None, items: _Items | None) -> RunStats:
+    output = items.output() if items is not None else None
+    if exc is None:
+        return RunStats(status=RunStatus.SUCCEEDED, output=output)
+    if isinstance(exc, GeneratorExit):
+        error = "closed by its consumer before it finished"
+    else:
+        error = error_text(exc)
+    return RunStats(status=status_for_exception(exc), error=error, output=output)
+
+
+def _close(writer: Any, exc: BaseException | None, items: _Items | None) -> None:
+    writer.close(_stats(exc, items))
+
+
+async def _aclose(writer: Any, exc: BaseException | None, items: _Items | None) -> None:
+    await writer.aclose(_stats(exc, items))
 
 
 def _collect(auditor: Any, writer: Any, items: _Items, item: Any) -> None:
@@ -475,10 +481,7 @@ class _ToolSpec:
 
     def split(self, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The call id, and the keyword arguments the function gets."""
-        if self.keeps_id:
-            call_id = kwargs.get(self.id_kwarg)
-        else:
-            call_id = kwargs.pop(self.id_kwarg, None)
+        call_id = kwargs.get(self.id_kwarg) if self.keeps_id else kwargs.pop(self.id_kwarg, None)
         return (call_id if isinstance(call_id, str) and call_id else _new_call_id()), kwargs
 
     def record(
@@ -492,14 +495,9 @@ class _ToolSpec:
         started: float,
     ) -> None:
         duration_ms = (time.perf_counter() - started) * 1000.0
-        with writer.guard("audit_tool"):
+        with writer.faults.guard("audit_tool", writer.run_id):
             call = ToolCall.lenient(self.name, self.binder.arguments(args, kwargs), call_id)
             writer.on_tool(call, result, error=error, duration_ms=duration_ms)
-
-
-def _error_text(exc: BaseException) -> str:
-    message = str(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _decorate_tool(fn: Callable[..., Any], name: str, id_kwarg: str) -> Callable[..., Any]:
@@ -517,7 +515,7 @@ def _decorate_tool(fn: Callable[..., Any], name: str, id_kwarg: str) -> Callable
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                spec.record(writer, call_id, args, kwargs, _error_text(exc), True, started)
+                spec.record(writer, call_id, args, kwargs, error_text(exc), True, started)
                 raise
             spec.record(writer, call_id, args, kwargs, result, False, started)
             return result
@@ -534,7 +532,7 @@ def _decorate_tool(fn: Callable[..., Any], name: str, id_kwarg: str) -> Callable
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            spec.record(writer, call_id, args, kwargs, _error_text(exc), True, started)
+            spec.record(writer, call_id, args, kwargs, error_text(exc), True, started)
             raise
         spec.record(writer, call_id, args, kwargs, result, False, started)
         return result
@@ -585,4 +583,4 @@ def _report_shape(writer: Any, response: Any, problems: tuple[str, ...]) -> None
     exc = ResponseShapeError(
         f"record_step could not fully read a {type(response).__qualname__}: " + "; ".join(problems)
     )
-    writer.report_fault("record_step.shape", exc)
+    writer.faults.report("record_step.shape", exc, writer.run_id)
