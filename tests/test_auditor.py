@@ -190,7 +190,7 @@ def test_one_auditor_serves_concurrent_runs_across_threads(store):
 def test_faults_are_logged_once_per_kind_per_run(caplog):
     from agentaudit.testing import RaisingStore
 
-    auditor = aa.Auditor(RaisingStore())
+    auditor = aa.Auditor(RaisingStore(methods={"append_log"}))
     with caplog.at_level("WARNING", logger="agentaudit"):
         w = auditor.start_run("a")
         for _ in range(5):

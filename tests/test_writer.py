@@ -226,8 +226,33 @@ def test_a_store_that_raises_everywhere_never_reaches_the_agent(exc):
         w.log_error("e")
         value = 42
     assert value == 42
+    # The run row never landed, so the run records nothing more: one fault, not a storm.
+    assert auditor.faults.counts() == {"start_run": 1}
+    assert not w.enabled
+
+
+@pytest.mark.parametrize("exc", [OSError("disk full"), RuntimeError("locked")])
+def test_a_store_whose_writes_raise_never_reaches_the_agent(exc):
+    auditor = aa.Auditor(RaisingStore(exc, methods={"append_log", "finish_run"}))
+    with auditor.run("agent") as w:
+        w.on_step(1, full_response())
+        w.on_tool(aa.ToolCall("search"), "r")
+        w.log_event("x", {"a": 1})
+        w.log_error("e")
+        value = 42
+    assert value == 42
     counts = auditor.faults.counts()
-    assert counts["start_run"] == 1 and counts["append_log"] == 6 and counts["finish_run"] == 1
+    assert counts == {"append_log": 6, "finish_run": 1}
+
+
+def test_a_run_whose_start_failed_leaves_no_orphan_events():
+    store = RaisingStore(methods={"start_run"})
+    auditor = aa.Auditor(store)
+    with auditor.run("agent") as w:
+        w.on_step(1, full_response())
+        w.log_event("x", {})
+    assert store.inner.get_logs(w.run_id) == [] and store.inner.get_run(w.run_id) is None
+    assert auditor.faults.counts() == {"start_run": 1}
 
 
 def test_strict_mode_reraises(store):

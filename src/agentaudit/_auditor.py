@@ -79,7 +79,13 @@ class Auditor:
 
     @property
     def enabled(self) -> bool:
+        """False for ``Auditor(None)``: every call is a no-op."""
         return self.store is not None
+
+    @property
+    def strict(self) -> bool:
+        """True when faults are re-raised (tests), False when swallowed (production)."""
+        return self.faults.strict
 
     def guard(self, kind: str, run_id: str | None = None) -> AbstractContextManager[None]:
         """The one guard every hook body runs in: a fault is logged once, counted, dropped."""
@@ -131,7 +137,10 @@ class Auditor:
                 pid=os.getpid(),
             )
             self.store.start_run(run)
-        return writer
+            return writer
+        # The run row did not land: its events would be orphans (and a fault each), so
+        # the run records nothing. The one start_run fault above says why.
+        return Writer(None, writer.run_id, faults=self.faults)
 
     def run(
         self,

@@ -10,12 +10,13 @@ every run their tests record. Nothing here is imported by ``import agentaudit``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ._auditor import Auditor
 from ._model import Event, Response, Run, RunFilter, RunStats, RunStatus, ToolCall, Usage
+from .stores.memory import MemoryStore
 
 __all__ = ["BlockingStore", "RaisingStore", "StoreConformance", "assert_run_well_formed"]
 
@@ -57,13 +58,32 @@ def assert_run_well_formed(store: Any, run_id: str) -> Run:
 
 
 class RaisingStore:
-    """A store whose every call raises: the agent must not notice."""
+    """A store that raises, as a full, locked or closed disk does: the agent must not
+    notice.
 
-    def __init__(self, exc: Exception | None = None) -> None:
+    Args:
+        exc: what to raise (default ``OSError("disk on fire")``).
+        methods: raise only from these store methods (``"start_run"``,
+            ``"append_log"``, ...); the others go to ``inner``. Default: every method.
+        inner: the store the other methods reach (default a fresh MemoryStore).
+    """
+
+    def __init__(
+        self,
+        exc: Exception | None = None,
+        *,
+        methods: Iterable[str] | None = None,
+        inner: Any = None,
+    ) -> None:
         self.exc = exc or OSError("disk on fire")
+        self.methods = None if methods is None else frozenset(methods)
+        self.inner = inner if inner is not None else MemoryStore()
         self.calls = 0
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
+    def __getattr__(self, name: str) -> Any:
+        if self.methods is not None and name not in self.methods:
+            return getattr(self.inner, name)
+
         def fail(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             raise self.exc

@@ -66,7 +66,7 @@ def test_a_raising_store_never_reaches_the_agent(failing):
     counts = auditor.faults.counts()
     assert counts
     if "start_run" in failing:  # one fault per invocation, not one per nested run
-        assert counts == {"langchain.start_run": 3}
+        assert counts == {"start_run": 3}
     assert_no_state(handler)
 
 
