@@ -6,13 +6,13 @@ Runs offline: the model is a local, deterministic stand-in (local_model.py).
 
 import uuid
 
-from agentaudit_langchain import AuditCallbackHandler
 from langchain.agents import create_agent
 from langchain_core.tools import tool
 from local_model import LocalWeatherModel
 
 import agentaudit as aa
 from agentaudit.cli.render import render_run
+from agentaudit_langchain import AuditCallbackHandler
 
 
 @tool

@@ -22,9 +22,9 @@ import httpx2
 import openai
 import pytest
 import respx
-from agentaudit.testing import assert_run_well_formed
 
 import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,8 @@ import pytest
 # The helper modules beside this file, also when pytest runs from another rootdir.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from agentaudit_langchain import AuditCallbackHandler
-
 import agentaudit as aa
+from agentaudit_langchain import AuditCallbackHandler
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from agentaudit.testing import assert_run_well_formed
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.base import LangSmithParams
@@ -17,6 +16,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 
 import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
 
 PROVIDER = "scripted"
 MODEL = "scripted-1"

@@ -8,7 +8,6 @@ import asyncio
 import threading
 
 import pytest
-from agentaudit_langchain import AuditCallbackHandler
 from conftest import assert_no_state
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
@@ -26,6 +25,7 @@ from lc_support import (
 )
 
 import agentaudit as aa
+from agentaudit_langchain import AuditCallbackHandler
 
 
 def weather_agent(name: str | None = "weather_agent"):

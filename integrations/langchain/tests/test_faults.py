@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from agentaudit_langchain import AuditCallbackHandler
 from conftest import assert_no_state
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
@@ -17,6 +16,7 @@ from lc_support import WEATHER_TURNS, ScriptedChatModel, add, ai, ask, get_weath
 
 import agentaudit as aa
 from agentaudit.testing import assert_run_well_formed
+from agentaudit_langchain import AuditCallbackHandler
 
 ANSWER = "Paris is sunny, Rome is sunny, and 2+3=5."
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from contextvars import ContextVar
 
 import pytest
-from agentaudit_langchain import AuditCallbackHandler
 from langchain.agents import create_agent
 from lc_support import WEATHER_TURNS, ScriptedChatModel, add, ask, get_weather, scripted
 
 import agentaudit as aa
+from agentaudit_langchain import AuditCallbackHandler
 
 
 def weather_agent():

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from agentaudit.testing import assert_run_well_formed
-from agentaudit_langchain import AuditCallbackHandler
 from conftest import assert_no_state
 from langchain_core.runnables import RunnableLambda
 from lc_support import ScriptedChatModel, ai, get_weather, scripted
 
 import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
+from agentaudit_langchain import AuditCallbackHandler
 
 RUNS = 10_000
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import pytest
 import respx
-from agentaudit.testing import assert_run_well_formed
 from langchain.agents import create_agent
 from langchain_openai import ChatOpenAI
 from lc_openai import BASE_URL, MODEL_SERVED, TURNS, mock_openai
 from lc_support import add, ask, check_run_matches_messages, get_weather
 
 import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
 
 SERVED = f"openai/{MODEL_SERVED}"
 ANSWER = "Paris is sunny, Rome is sunny, and 2+3=5."

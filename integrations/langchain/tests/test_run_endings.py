@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from agentaudit.testing import assert_run_well_formed
 from langchain.agents import create_agent
 from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import ToolException, tool
@@ -15,6 +14,7 @@ from langgraph.types import Command, interrupt
 from lc_support import ScriptedChatModel, ai, ask, check_run_matches_messages, scripted
 
 import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
 
 
 def only_run(store: aa.MemoryStore) -> aa.Run:

@@ -9,10 +9,10 @@ import pytest
 # The helper modules beside this file, also when pytest runs from another rootdir.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from agentaudit_llamaindex import Instrumentation, instrument
 from llama_index.core.instrumentation import get_dispatcher
 
 import agentaudit as aa
+from agentaudit_llamaindex import Instrumentation, instrument
 
 
 @pytest.fixture(autouse=True)

@@ -4,11 +4,11 @@ whose turn it was, and each hand-off is logged."""
 from __future__ import annotations
 
 import pytest
-from agentaudit.testing import assert_run_well_formed
 from li_support import events, get_weather, mock_llm, only_run, say, step, tool, tool_calls
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent
 
 import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
 
 pytestmark = pytest.mark.usefixtures("instrumented")
 

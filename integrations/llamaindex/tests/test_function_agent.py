@@ -4,7 +4,6 @@ run, each model turn one step, each tool execution one tool_call + tool_result."
 from __future__ import annotations
 
 import pytest
-from agentaudit.testing import assert_run_well_formed
 from li_support import (
     add,
     events,
@@ -21,6 +20,7 @@ from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 
 import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
 
 pytestmark = pytest.mark.usefixtures("instrumented")
 

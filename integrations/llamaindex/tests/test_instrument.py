@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import agentaudit_llamaindex
 import pytest
-from agentaudit.testing import assert_run_well_formed
-from agentaudit_llamaindex import Instrumentation, instrument
 from li_support import events, get_weather, mock_llm, only_run, say, tool_calls
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 
 import agentaudit as aa
+import agentaudit_llamaindex
+from agentaudit.testing import assert_run_well_formed
+from agentaudit_llamaindex import Instrumentation, instrument
 
 EMPTY = {"runs": 0, "spans": 0, "llm_calls": 0}
 

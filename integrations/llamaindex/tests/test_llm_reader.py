@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from agentaudit_llamaindex._llm import provider_of, read_chat_response
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, ToolCallBlock
 
 import agentaudit as aa
+from agentaudit_llamaindex._llm import provider_of, read_chat_response
 
 
 def chat_response(raw: Any = None, *, text: str = "hi", **additional_kwargs: Any) -> ChatResponse:

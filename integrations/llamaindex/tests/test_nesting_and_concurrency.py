@@ -6,13 +6,13 @@ import asyncio
 import threading
 
 import pytest
-from agentaudit.testing import assert_run_well_formed
 from li_support import events, get_weather, mock_llm, say, step, tool, tool_calls
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 
 import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
 
 pytestmark = pytest.mark.usefixtures("instrumented")
 

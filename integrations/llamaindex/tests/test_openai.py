@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import respx
-from agentaudit.testing import assert_run_well_formed
 from li_openai import BASE_URL, MODEL_SERVED, OpenAIServer, Turn, call, usage
 from li_support import add, events, get_weather, only_run, step, tool
 from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
 from llama_index.llms.openai import OpenAI
 
 import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
 
 pytestmark = pytest.mark.usefixtures("instrumented")
 

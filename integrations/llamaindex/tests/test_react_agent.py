@@ -4,11 +4,11 @@ come from what the agent parsed."""
 from __future__ import annotations
 
 import pytest
-from agentaudit.testing import assert_run_well_formed
 from li_support import events, get_weather, mock_llm, only_run, say, step
 from llama_index.core.agent.workflow import ReActAgent
 
 import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
 
 pytestmark = pytest.mark.usefixtures("instrumented")
 
