@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ import uuid
 import warnings
 from pathlib import Path
 from typing import Any
+
+import env_info
 
 HERE = Path(__file__).resolve().parent
 MAIN_CONFIGS = ["none", "agentaudit-sqlite", "agentaudit-memory", "agentaudit-sqlite-sync",
@@ -151,26 +152,6 @@ def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
             "runs_per_config_per_process": results[0]["runs_per_config"]}
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for dist in ("agentaudit", "agentaudit-langchain", "agentaudit-llamaindex", "langchain",
-                 "langchain-core", "langgraph", "langfuse", "langsmith",
-                 "openinference-instrumentation-langchain", "llama-index-core",
-                 "openinference-instrumentation-llama-index", "opentelemetry-sdk"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
-def machine() -> dict[str, Any]:
-    return {"nproc": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "machine": platform.machine()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (about a minute)")
@@ -192,7 +173,7 @@ def main() -> None:
         results.append(json.loads(done.stdout))
     combined = combine(results)
     combined.update({"settings": settings, "processes": args.processes, "quick": args.quick,
-                     "machine": machine(), "versions": versions(),
+                     "machine": env_info.machine(), "versions": env_info.versions(),
                      "elapsed_s": round(time.time() - started, 1),
                      "date": time.strftime("%Y-%m-%d %H:%M:%S")})
     out = Path(args.out)

@@ -1,0 +1,139 @@
+"""LlamaIndex agent overhead: a ``FunctionAgent`` (3 steps, 2 tool calls, mock
+function-calling LLM) with no instrumentation, with agentaudit, and with
+OpenInference's LlamaIndex instrumentor; interleaved blocks, separate processes.
+
+Run: .venv/bin/python bench/bench_llamaindex.py [--quick] [--out bench/results/llamaindex.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import env_info
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = ["none", "agentaudit-sqlite", "agentaudit-memory", "openinference"]
+FULL = {"rounds": 15, "block": 8, "memory_block": 10}
+QUICK = {"rounds": 5, "block": 4, "memory_block": 5}
+N_STEPS = 3
+
+
+def worker(settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    warnings.filterwarnings("ignore")
+    logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
+    import harness
+    from li_agent import QUESTION, build_agent, make_configs
+
+    configs = make_configs(CONFIGS, tempfile.mkdtemp(prefix="agentaudit-bench-li-"))
+    agent = build_agent(N_STEPS)
+
+    async def timed_runs(config: Any, k: int) -> tuple[list[float], list[float]]:
+        walls, threads = [], []
+        for _ in range(k):
+            config.run_ids.append((uuid.uuid4(), N_STEPS))
+            t0, c0 = time.perf_counter(), time.thread_time()
+            result = await agent.run(user_msg=QUESTION)
+            c1, t1 = time.thread_time(), time.perf_counter()
+            walls.append(t1 - t0)
+            threads.append(c1 - c0)
+            if "sunny" not in str(result):
+                raise RuntimeError(f"unexpected answer: {result}")
+        return walls, threads
+
+    def run_block(config: Any, k: int) -> tuple[list[float], list[float]]:
+        return asyncio.run(timed_runs(config, k))
+
+    try:
+        blocks = harness.interleaved(configs, run_block, rounds=settings["rounds"],
+                                     block=settings["block"], rng=random.Random(seed),
+                                     label="llamaindex")
+        figures = harness.summarize(blocks)
+        peaks = harness.peak_memory(configs, run_block, block=settings["memory_block"])
+        for name, peak in peaks.items():
+            figures[name]["peak_kib"] = peak
+            figures[name]["added_peak_kib"] = peak - peaks["none"]
+        return {"figures": figures, "missing": {c.name: c.missing() for c in configs},
+                "runs_per_config": {c.name: len(c.run_ids) for c in configs}}
+    finally:
+        for config in configs:
+            config.close()
+
+
+def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
+    import harness
+
+    missing: dict[str, str] = {}
+    for result in results:
+        for name, why in result["missing"].items():
+            if why:
+                missing.setdefault(name, why)
+    figures = harness.combine([r["figures"] for r in results])
+    reported = {n: f for n, f in figures.items() if n not in missing}
+    peer = reported.get("openinference")
+    for name, fig in reported.items():
+        if peer and name != "none":
+            fig["ratio_to_openinference"] = fig["added_wall_ms"] / peer["added_wall_ms"]
+    return {"figures": reported, "missing": missing,
+            "runs_per_config_per_process": results[0]["runs_per_config"]}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    figures = result["figures"]
+    print(f"\nLlamaIndex FunctionAgent run, {N_STEPS} steps / {N_STEPS - 1} tool calls; "
+          f"baseline {figures['none']['wall_ms']:.2f} ms/run")
+    print(f"{'configuration':<22}{'added ms':>10}{'x OpenInf':>11}{'thread ms':>11}"
+          f"{'proc ms':>9}{'peak KiB':>10}")
+    for name, f in figures.items():
+        if name != "none":
+            print(f"{name:<22}{f['added_wall_ms']:>10.3f}"
+                  f"{f.get('ratio_to_openinference', float('nan')):>11.3f}"
+                  f"{f['added_thread_ms']:>11.3f}{f['added_process_ms']:>9.3f}"
+                  f"{f['added_peak_kib']:>10.0f}")
+    for name, why in result["missing"].items():
+        print(f"{name:<22}not reported: {why}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--processes", type=int, default=3)
+    parser.add_argument("--out", default=str(HERE / "results" / "llamaindex.json"))
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    settings = QUICK if args.quick else FULL
+    if args.worker is not None:
+        json.dump(worker(settings, args.worker), sys.stdout)
+        return
+    started = time.time()
+    results = []
+    for i in range(args.processes):
+        print(f"llamaindex: process {i + 1}/{args.processes}", file=sys.stderr, flush=True)
+        cmd = [sys.executable, __file__, "--worker", str(i)] + (["--quick"] if args.quick else [])
+        done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+        results.append(json.loads(done.stdout))
+    combined = combine(results)
+    combined.update({"settings": settings, "processes": args.processes, "quick": args.quick,
+                     "n_steps": N_STEPS, "machine": env_info.machine(),
+                     "versions": env_info.versions(), "elapsed_s": round(time.time() - started, 1),
+                     "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(combined, indent=2) + "\n")
+    print_table(combined)
+    print(f"written {out} in {combined['elapsed_s']} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
