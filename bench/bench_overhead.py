@@ -1,0 +1,263 @@
+"""Added time per LangChain agent run: agentaudit against a hand-written floor.
+
+The agent: ``create_agent`` with two tools and a deterministic tool-calling chat
+model (3 model steps, 2 tool calls), no network. Configurations, each timed in
+shuffled, interleaved rounds in one process:
+
+- ``none``: no callbacks (the baseline every other figure is relative to);
+- ``null``: a ``BaseCallbackHandler`` that does nothing: LangChain's own cost of
+  calling any handler, which no handler can avoid;
+- ``floor``: `FloorHandler`, a minimal hand-written ``BaseCallbackHandler`` that
+  collects one row per model step and tool call (kind, name, tokens) and does one
+  sqlite3 ``executemany`` + commit at the root chain's end, on the agent's thread;
+- ``aa-sqlite``: agentaudit's ``AuditCallbackHandler`` over ``SQLiteStore`` (default
+  settings, a temporary file); records text, arguments, results and hashes;
+- ``aa-memory``: the same over ``MemoryStore``.
+
+Reported: median added ms per run over the rounds (configuration minus ``none`` in
+the same round) and the ratio to the floor. Every configuration is checked to have
+recorded every run it was given.
+
+Run: .venv/bin/python bench/bench_overhead.py [--rounds 40] [--runs 20]
+     .venv/bin/python bench/bench_overhead.py --profile aa-sqlite   (cProfile, top entries)
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import os
+import pstats
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from langchain.agents import create_agent
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import tool
+
+import agentaudit as aa
+from agentaudit_langchain import AuditCallbackHandler
+
+# -- the agent --------------------------------------------------------------------------
+
+
+def _ai(text: str, calls: list[tuple[str, dict[str, Any], str]], tokens: tuple[int, int]) -> AIMessage:
+    return AIMessage(
+        content=text,
+        tool_calls=[{"name": n, "args": a, "id": i, "type": "tool_call"} for n, a, i in calls],
+        usage_metadata={
+            "input_tokens": tokens[0],
+            "output_tokens": tokens[1],
+            "total_tokens": sum(tokens),
+        },
+        response_metadata={"model_name": "scripted-1", "finish_reason": "tool_calls" if calls else "stop"},
+    )
+
+
+TURNS = (
+    _ai("Let me check the weather in Paris first.", [("get_weather", {"city": "Paris"}, "c1")], (120, 20)),
+    _ai("Now the sum.", [("add", {"a": 2, "b": 3}, "c2")], (160, 18)),
+    _ai("Paris is sunny and 2+3=5.", [], (200, 12)),
+)
+
+
+class ScriptedChatModel(BaseChatModel):
+    """Answers turn k of a conversation (k = AI messages so far) with ``TURNS[k]``."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:
+        return self
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        k = sum(1 for m in messages if isinstance(m, AIMessage))
+        return ChatResult(generations=[ChatGeneration(message=TURNS[k].model_copy())])
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the weather for a city."""
+    return f"sunny in {city}"
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def build_agent() -> Any:
+    return create_agent(ScriptedChatModel(), tools=[get_weather, add], name="bench_agent")
+
+
+QUESTION = {"messages": [{"role": "user", "content": "weather in Paris, and 2+3?"}]}
+
+# -- the floor --------------------------------------------------------------------------
+
+
+class FloorHandler(BaseCallbackHandler):
+    """The least an audit handler can do: a row per step and per tool call, kept in a
+    list, written with one ``executemany`` and one commit when the root chain ends.
+    No text, no arguments, no results, no hashes."""
+
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS rows (run_id TEXT, seq INTEGER, kind TEXT, name TEXT, "
+            "in_tokens INTEGER, out_tokens INTEGER, at REAL)"
+        )
+        self.root: UUID | None = None
+        self.rows: list[tuple[Any, ...]] = []
+        self.tools: dict[UUID, str] = {}
+
+    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: UUID,
+                       parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        if parent_run_id is None:
+            self.root = run_id
+            self.rows = [(str(run_id), 0, "start", "agent", 0, 0, time.time())]
+
+    def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        usage = response.generations[0][0].message.usage_metadata or {}
+        self.rows.append((str(self.root), len(self.rows), "step", "",
+                          usage.get("input_tokens", 0), usage.get("output_tokens", 0), time.time()))
+
+    def on_tool_start(self, serialized: Any, input_str: str, *, run_id: UUID, **kwargs: Any) -> None:
+        self.tools[run_id] = serialized.get("name", "") if serialized else ""
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self.rows.append((str(self.root), len(self.rows), "tool", self.tools.pop(run_id, ""),
+                          0, 0, time.time()))
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        if run_id == self.root:
+            self.rows.append((str(run_id), len(self.rows), "end", "", 0, 0, time.time()))
+            self.conn.execute("BEGIN")
+            self.conn.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", self.rows)
+            self.conn.execute("COMMIT")
+            self.rows = []
+
+    def runs(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM rows WHERE kind = 'end'").fetchone()[0]
+
+
+# -- configurations ---------------------------------------------------------------------
+
+
+class Config:
+    def __init__(self, name: str, handler: Any, count: Callable[[], int]) -> None:
+        self.name = name
+        self.callbacks = [handler] if handler is not None else []
+        self.count = count
+        self.given = 0
+
+
+def make_configs(workdir: str) -> dict[str, Config]:
+    floor = FloorHandler(os.path.join(workdir, "floor.db"))
+    sqlite_store = aa.SQLiteStore(os.path.join(workdir, "aa.db"))
+    memory_store = aa.MemoryStore()
+    configs = [
+        Config("none", None, lambda: -1),
+        # LangChain's own cost of having any handler attached: the part no handler avoids.
+        Config("null", BaseCallbackHandler(), lambda: -1),
+        Config("floor", floor, floor.runs),
+        Config("aa-sqlite", AuditCallbackHandler(aa.Auditor(sqlite_store)),
+               lambda: sqlite_store.count_runs(aa.RunFilter(status="succeeded"))),
+        Config("aa-memory", AuditCallbackHandler(aa.Auditor(memory_store)),
+               lambda: memory_store.count_runs(aa.RunFilter(status="succeeded"))),
+    ]
+    return {c.name: c for c in configs}
+
+
+def timed_block(agent: Any, config: Config, runs: int) -> float:
+    """Mean seconds per run over ``runs`` invocations."""
+    cfg = {"callbacks": config.callbacks}
+    start = time.perf_counter()
+    for _ in range(runs):
+        agent.invoke(QUESTION, config=cfg)
+    elapsed = time.perf_counter() - start
+    config.given += runs
+    return elapsed / runs
+
+
+def measure(rounds: int, runs: int, only: list[str] | None) -> None:
+    agent = build_agent()
+    with tempfile.TemporaryDirectory() as workdir:
+        configs = make_configs(workdir)
+        chosen = [c for c in configs.values() if only is None or c.name in only or c.name == "none"]
+        for config in chosen:  # warm up: imports, caches, the writer thread
+            timed_block(agent, config, 5)
+        samples: dict[str, list[float]] = {c.name: [] for c in chosen}
+        rng = random.Random(7)
+        gc.collect()
+        for _ in range(rounds):
+            order = list(chosen)
+            rng.shuffle(order)
+            for config in order:
+                samples[config.name].append(timed_block(agent, config, runs))
+        for config in chosen:
+            if config.name not in ("none", "null"):
+                recorded = config.count()
+                if recorded != config.given:
+                    print(f"!! {config.name} recorded {recorded} of {config.given} runs", file=sys.stderr)
+        base = statistics.median(samples["none"]) * 1000
+        print(f"rounds={rounds} runs/round={runs}  baseline (none): {base:.3f} ms/run")
+        added: dict[str, float] = {}
+        for config in chosen:
+            if config.name == "none":
+                continue
+            diffs = [(s - n) * 1000 for s, n in zip(samples[config.name], samples["none"])]
+            added[config.name] = statistics.median(diffs)
+        floor = added.get("floor")
+        print(f"{'config':<12}{'added ms/run':>14}{'x floor':>10}")
+        for name, value in added.items():
+            ratio = f"{value / floor:.2f}" if floor else "-"
+            print(f"{name:<12}{value:>14.3f}{ratio:>10}")
+
+
+def profile(name: str, runs: int, top: int) -> None:
+    agent = build_agent()
+    with tempfile.TemporaryDirectory() as workdir:
+        config = make_configs(workdir)[name]
+        timed_block(agent, config, 20)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        timed_block(agent, config, runs)
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("tottime").print_stats(top)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--runs", type=int, default=20, help="runs per configuration per round")
+    parser.add_argument("--only", nargs="*", help="configurations to time (plus none)")
+    parser.add_argument("--profile", help="profile one configuration with cProfile instead")
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    if args.profile:
+        profile(args.profile, args.runs * 10, args.top)
+    else:
+        measure(args.rounds, args.runs, args.only)
+
+
+if __name__ == "__main__":
+    uuid.uuid4()  # warm the uuid module's entropy source before timing
+    main()
