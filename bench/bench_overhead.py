@@ -7,9 +7,11 @@ shuffled, interleaved rounds in one process:
 - ``none``: no callbacks (the baseline every other figure is relative to);
 - ``null``: a ``BaseCallbackHandler`` that does nothing: LangChain's own cost of
   calling any handler, which no handler can avoid;
-- ``floor``: `FloorHandler`, a minimal hand-written ``BaseCallbackHandler`` that
-  collects one row per model step and tool call (kind, name, tokens) and does one
-  sqlite3 ``executemany`` + commit at the root chain's end, on the agent's thread;
+- ``floor``: ``bench/floor_handler.py``'s ``FloorHandler``, a minimal hand-written
+  ``BaseCallbackHandler`` that collects a row per step (text, model, tokens) and two
+  per tool execution (arguments, result) and does one sqlite3 ``executemany`` +
+  commit at the root chain's end, on the agent's thread (no run row, no hashes, no
+  redaction, no caps);
 - ``aa-sqlite``: agentaudit's ``AuditCallbackHandler`` over ``SQLiteStore`` (default
   settings, a temporary file); records text, arguments, results and hashes;
 - ``aa-memory``: the same over ``MemoryStore``.
@@ -30,7 +32,6 @@ import gc
 import os
 import pstats
 import random
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -38,8 +39,8 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
-from uuid import UUID
 
+from floor_handler import FloorHandler  # the bench helper's floor, shared by every bench
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
@@ -105,57 +106,8 @@ def build_agent() -> Any:
     return create_agent(ScriptedChatModel(), tools=[get_weather, add], name="bench_agent")
 
 
+ROWS_PER_FLOOR_RUN = 3 + 2 * 2  # a row per step, two per tool call
 QUESTION = {"messages": [{"role": "user", "content": "weather in Paris, and 2+3?"}]}
-
-# -- the floor --------------------------------------------------------------------------
-
-
-class FloorHandler(BaseCallbackHandler):
-    """The least an audit handler can do: a row per step and per tool call, kept in a
-    list, written with one ``executemany`` and one commit when the root chain ends.
-    No text, no arguments, no results, no hashes."""
-
-    def __init__(self, path: str) -> None:
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = NORMAL")
-        self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS rows (run_id TEXT, seq INTEGER, kind TEXT, name TEXT, "
-            "in_tokens INTEGER, out_tokens INTEGER, at REAL)"
-        )
-        self.root: UUID | None = None
-        self.rows: list[tuple[Any, ...]] = []
-        self.tools: dict[UUID, str] = {}
-
-    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: UUID,
-                       parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        if parent_run_id is None:
-            self.root = run_id
-            self.rows = [(str(run_id), 0, "start", "agent", 0, 0, time.time())]
-
-    def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        usage = response.generations[0][0].message.usage_metadata or {}
-        self.rows.append((str(self.root), len(self.rows), "step", "",
-                          usage.get("input_tokens", 0), usage.get("output_tokens", 0), time.time()))
-
-    def on_tool_start(self, serialized: Any, input_str: str, *, run_id: UUID, **kwargs: Any) -> None:
-        self.tools[run_id] = serialized.get("name", "") if serialized else ""
-
-    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self.rows.append((str(self.root), len(self.rows), "tool", self.tools.pop(run_id, ""),
-                          0, 0, time.time()))
-
-    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        if run_id == self.root:
-            self.rows.append((str(run_id), len(self.rows), "end", "", 0, 0, time.time()))
-            self.conn.execute("BEGIN")
-            self.conn.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", self.rows)
-            self.conn.execute("COMMIT")
-            self.rows = []
-
-    def runs(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM rows WHERE kind = 'end'").fetchone()[0]
-
 
 # -- configurations ---------------------------------------------------------------------
 
@@ -176,7 +128,7 @@ def make_configs(workdir: str) -> dict[str, Config]:
         Config("none", None, lambda: -1),
         # LangChain's own cost of having any handler attached: the part no handler avoids.
         Config("null", BaseCallbackHandler(), lambda: -1),
-        Config("floor", floor, floor.runs),
+        Config("floor", floor, lambda: floor.count_rows() // ROWS_PER_FLOOR_RUN),
         Config("aa-sqlite", AuditCallbackHandler(aa.Auditor(sqlite_store)),
                lambda: sqlite_store.count_runs(aa.RunFilter(status="succeeded"))),
         Config("aa-memory", AuditCallbackHandler(aa.Auditor(memory_store)),
@@ -222,7 +174,7 @@ def measure(rounds: int, runs: int, only: list[str] | None) -> None:
         for config in chosen:
             if config.name == "none":
                 continue
-            diffs = [(s - n) * 1000 for s, n in zip(samples[config.name], samples["none"])]
+            diffs = [(s - n) * 1000 for s, n in zip(samples[config.name], samples["none"], strict=True)]
             added[config.name] = statistics.median(diffs)
         floor = added.get("floor")
         print(f"{'config':<12}{'added ms/run':>14}{'x floor':>10}")
