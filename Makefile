@@ -31,8 +31,14 @@ docs: $(STAMP)
 
 test: lint pytest docs
 
+# Benchmarks: their extras (bench/requirements.txt) go into .venv only here, never into `make test`.
+BENCH_ARGS ?=
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/bench_core.py
+	$(BIN)/python bench/bench_langchain.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_llamaindex.py $(BENCH_ARGS)
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) site agentaudit.db agentaudit.db-*

@@ -26,15 +26,15 @@ from typing import Any
 import env_info
 
 HERE = Path(__file__).resolve().parent
-MAIN_CONFIGS = ["none", "agentaudit-sqlite", "agentaudit-memory", "agentaudit-sqlite-sync",
+MAIN_CONFIGS = ["none", "null", "agentaudit-sqlite", "agentaudit-memory", "agentaudit-sqlite-sync",
                 "floor", "langfuse", "langsmith", "openinference"]
 SCALING_CONFIGS = ["none", "agentaudit-sqlite", "floor", "langfuse", "langsmith", "openinference"]
 PEERS = ("langfuse", "langsmith", "openinference")
 
 # rounds x runs per block; scaling sizes and their rounds x runs per block
-FULL = {"rounds": 15, "block": 8, "memory_block": 10, "sizes": [3, 10, 25, 50],
+FULL = {"rounds": 15, "block": 8, "memory_block": 10, "sizes": [3, 5, 10, 25, 50],
         "scaling_rounds": 5, "scaling_block": 2}
-QUICK = {"rounds": 5, "block": 4, "memory_block": 5, "sizes": [3, 10, 25, 50],
+QUICK = {"rounds": 5, "block": 4, "memory_block": 5, "sizes": [3, 5, 10, 25, 50],
          "scaling_rounds": 2, "scaling_block": 1}
 
 
@@ -99,8 +99,10 @@ def worker(settings: dict[str, Any], seed: int) -> dict[str, Any]:
         scaling: dict[str, dict[str, float]] = {name: {} for name in SCALING_CONFIGS}
         scaled = [by_name[name] for name in SCALING_CONFIGS]
         for n in settings["sizes"]:
+            # Short runs are cheap and noisier: give them more runs per block.
+            runs = max(settings["scaling_block"], settings["scaling_block"] * 15 // n)
             blocks = harness.interleaved(scaled, block_for(n), rounds=settings["scaling_rounds"],
-                                         block=settings["scaling_block"], rng=rng, warmup=1,
+                                         block=runs, rng=rng, warmup=1,
                                          label=f"scaling n={n}")
             summary = harness.summarize(blocks)
             for name in SCALING_CONFIGS:

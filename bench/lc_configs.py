@@ -44,6 +44,22 @@ class Config:
         pass
 
 
+class Null(Config):
+    """A handler that does nothing: what LangChain itself spends calling any handler."""
+
+    name = "null"
+    label = "do-nothing handler"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from langchain_core.callbacks import BaseCallbackHandler
+
+        self.handler = BaseCallbackHandler()
+
+    def callbacks(self) -> list[Any]:
+        return [self.handler]
+
+
 class AgentAudit(Config):
     def __init__(self, name: str, label: str, store: aa.Store) -> None:
         super().__init__()
@@ -217,6 +233,8 @@ def make_configs(names: list[str], server: DummyServer | None, workdir: str) -> 
     for name in names:
         if name == "none":
             made.append(Config())
+        elif name == "null":
+            made.append(Null())
         elif name == "agentaudit-sqlite":
             made.append(AgentAudit(name, "agentaudit + SQLiteStore", aa.SQLiteStore(
                 tmp_db(workdir, name))))
