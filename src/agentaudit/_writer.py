@@ -324,6 +324,19 @@ class Writer:
             resolved = self._resolve(stats)
             if resolved is None:
                 return
+            finish_within = getattr(self._store, "_finish_run_within", None)
+            if finish_within is not None:
+                # A store that bounds its own wait (SQLiteStore) is called here: no
+                # hand-off to a finisher thread and back on every run's close.
+                try:
+                    finish_within(
+                        self.run_id, resolved, datetime.now(timezone.utc), self._finish_timeout
+                    )
+                except TimeoutError as exc:
+                    self._faults.report("finish_timeout", exc, self.run_id)
+                except Exception as exc:
+                    self._faults.report("finish_run", exc, self.run_id)
+                return
             future = self._submit_finish(resolved)
             try:
                 future.result(timeout=self._finish_timeout)

@@ -2,12 +2,25 @@
 
 Why: an agent's hook must not wait on disk. Hooks append to a deque (a few hundred
 nanoseconds); one thread drains it and writes each batch in one transaction with
-``executemany``, so the per-commit cost is shared by every event that arrived while
-the previous commit ran. Operations keep their order: a run's start, its events and
-its finish are written in the order they were submitted.
+``executemany``. Operations keep their order: a run's start, its events and its
+finish are written in the order they were submitted.
+
+When to commit: an item someone waits for (a run's finish, a flush, an event in
+sync mode) is committed at once, with everything queued before it. Other items wait
+up to `COMMIT_DELAY` for company: a commit while the agent runs costs the agent its
+thread (the writer's Python work takes the GIL), so a short run's start and events
+ride along with its finish in one transaction, and a long run's events are
+committed every few tens of milliseconds, which bounds what a killed process loses.
 
 A `Ticket` lets a caller wait for its item to be committed (a run's finish,
 a flush, an event in sync mode, purge and other maintenance calls).
+
+A run's finish is committed by the thread that closes the run when the writer
+thread is idle (`SQLiteWriter.commit_now`): that thread is waiting for the commit
+anyway, and two thread hand-offs cost more than the commit. It takes the file's
+lock without waiting (another process holding it sends the item to the writer
+thread, whose wait is bounded) and writes everything queued before its item, so the
+order of operations is the same whoever commits.
 """
 
 from __future__ import annotations
@@ -23,9 +36,18 @@ from typing import Any
 
 from .._errors import AgentAuditError, RunNotFoundError, StoreError
 from ._sqlite_rows import INSERT_EVENT, INSERT_RUN, UPDATE_FINISH, event_row, finish_row, run_row
-from ._sqlite_schema import is_busy
+from ._sqlite_schema import BUSY_TIMEOUT_MS, is_busy
 
-__all__ = ["OP_CALL", "OP_EVENT", "OP_FINISH", "OP_FLUSH", "OP_START", "SQLiteWriter", "Ticket"]
+__all__ = [
+    "OP_CALL",
+    "OP_EVENT",
+    "OP_FINISH",
+    "OP_FLUSH",
+    "OP_START",
+    "CommitTimeout",
+    "SQLiteWriter",
+    "Ticket",
+]
 
 logger = logging.getLogger("agentaudit")
 
@@ -36,7 +58,19 @@ _OP_NAMES = {OP_START: "run start", OP_EVENT: "event", OP_FINISH: "run finish",
 # (op, data, ticket or None)
 Item = tuple[int, Any, "Ticket | None"]
 
+# How long an item nobody waits for may sit in the queue before it is committed.
+COMMIT_DELAY = 0.02
+# A queue this long is committed at once, whatever its age.
+_URGENT_LENGTH = 1000
+# After its last item, the writer keeps looking every COMMIT_DELAY for this long
+# instead of sleeping until woken: back-to-back runs then cost it no wake-up each.
+_STAY_AWAKE = 0.5
+
 _SET_MODEL = "UPDATE runs SET model = ? WHERE run_id = ? AND model = ''"
+
+
+class CommitTimeout(StoreError, TimeoutError):
+    """An item was not committed in the time its waiter had; it stays queued."""
 
 
 class Ticket:
@@ -109,13 +143,19 @@ class SQLiteWriter:
         self.max_batch = max_batch
         self._pending: collections.deque[Item] = collections.deque()
         self._wake = threading.Event()
-        self._signalled = False
+        self._signalled = False  # the writer was woken for the items queued now
+        self._urgent = False  # an item is waited for: commit without delay
+        self.commit_delay = COMMIT_DELAY
+        self._first_queued = 0.0  # when the queue last went from empty to not
         self._space = threading.Event()
         self._inflight = False
         self._stopping = False
         self._deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # Held by whoever writes to the connection: the writer thread, or a closing
+        # thread committing its run's finish itself (commit_now).
+        self._commit_lock = threading.Lock()
         self._fatal: BaseException | None = None
         # itertools.count: next() is atomic under the GIL, a += on an int is not.
         self._dropped = itertools.count()
@@ -127,7 +167,10 @@ class SQLiteWriter:
 
     # -- caller side ---------------------------------------------------------------
 
-    def submit(self, op: int, data: Any, ticket: Ticket | None = None, *, bounded: bool = True) -> None:
+    def submit(
+        self, op: int, data: Any, ticket: Ticket | None = None, *, bounded: bool = True,
+        wake: bool = True,
+    ) -> None:
         """Queue one item. When the queue is full, wait up to ``queue_timeout`` for
         room, then raise `StoreError` (the caller counts the event dropped)."""
         if self._thread is None:
@@ -136,8 +179,16 @@ class SQLiteWriter:
             raise StoreError(self._unavailable())
         if bounded and len(self._pending) >= self.max_queue:
             self._wait_for_room()
-        self._pending.append((op, data, ticket))
-        if not self._signalled:
+        pending = self._pending
+        if not pending:
+            self._first_queued = time.monotonic()
+        pending.append((op, data, ticket))
+        if not wake:
+            return
+        if ticket is not None or len(pending) >= _URGENT_LENGTH:
+            self._urgent = True
+            self._wake.set()
+        elif not self._signalled:
             self._signalled = True
             self._wake.set()
 
@@ -160,9 +211,58 @@ class SQLiteWriter:
             if self._fatal is not None:
                 raise StoreError(self._unavailable())
 
-    def wait(self, ticket: Ticket, timeout: float | None, *, what: str) -> Any:
+    def commit_now(self, op: int, data: Any, timeout: float | None, *, what: str) -> Any:
+        """Queue one item and return once it is committed, with everything queued
+        before it; raise the item's error. Written on this thread when the writer
+        thread is idle, else by the writer thread. After ``timeout`` seconds raise
+        `CommitTimeout`; the item is not withdrawn and lands when the file allows."""
+        ticket = Ticket()
+        self.submit(op, data, ticket, bounded=False, wake=False)
+        if self._commit_lock.acquire(blocking=False):
+            try:
+                done = self._commit_here()
+            finally:
+                self._commit_lock.release()
+            if done and ticket.done:
+                if ticket.error is not None:
+                    raise ticket.error
+                return ticket.result
+        self._urgent = True
+        self._wake.set()
+        return self.wait(ticket, timeout, what=what, withdraw=False)
+
+    def _commit_here(self) -> bool:
+        """Commit what is queued on the calling thread (holding the commit lock).
+        False, with the queue as it was, when the file is locked by another process
+        or anything else goes wrong: the writer thread then does it as usual."""
+        conn = self._conn
+        pending = self._pending
+        if conn is None or self._fatal is not None or self._stopping or len(pending) > self.max_batch:
+            return False
+        self._inflight = True
+        batch = self._take()
+        self._space.set()
+        try:
+            try:
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    done = self._commit(conn, batch, here=True)
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            except Exception:  # the writer thread retries, and reports what it finds
+                done = False
+            if not done:
+                pending.extendleft(reversed(batch))
+            return done
+        finally:
+            self._inflight = False
+
+    def wait(
+        self, ticket: Ticket, timeout: float | None, *, what: str, withdraw: bool = True
+    ) -> Any:
         """Wait for ``ticket``; raise its error, or StoreError on timeout or when the
-        writer thread is gone. On timeout an item not yet claimed is withdrawn."""
+        writer thread is gone. On timeout an item not yet claimed is withdrawn, unless
+        ``withdraw`` is False: then `CommitTimeout` is raised and the item stays."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             step = 0.25 if deadline is None else min(0.25, max(0.0, deadline - time.monotonic()))
@@ -174,6 +274,11 @@ class SQLiteWriter:
                     break
                 raise StoreError(self._unavailable())
             if deadline is not None and time.monotonic() >= deadline:
+                if not withdraw:
+                    raise CommitTimeout(
+                        f"{what} was not committed to {self._path} within {timeout:g} s; "
+                        "it stays queued"
+                    )
                 if ticket.cancel():
                     raise StoreError(f"{what} was not committed to {self._path} within {timeout:g} s")
                 # Claimed by a transaction in progress: it holds the write lock, so
@@ -237,34 +342,68 @@ class SQLiteWriter:
         conn = self._conn
         assert conn is not None
         try:
+            idle_since: float | None = None
             while True:
                 if not self._pending:
                     if self._stopping:
                         break
-                    self._wake.wait(0.5)
-                    self._wake.clear()
+                    now = time.monotonic()
+                    if idle_since is None:
+                        idle_since = now
+                    if now - idle_since < _STAY_AWAKE:
+                        # Busy lately (runs closing here commit themselves): look
+                        # again in a moment rather than be woken by every new run.
+                        self._wake.wait(self.commit_delay)
+                        self._wake.clear()
+                        continue
+                    # Reset before the queue is checked again: an item queued after
+                    # this line finds the flag down and wakes the writer itself.
                     self._signalled = False
+                    if not self._pending:
+                        self._wake.wait(0.5)
+                        self._wake.clear()
                     continue
+                idle_since = None
+                self._signalled = True  # what is queued now is seen: no wake needed
+                if not self._linger():
+                    continue  # a closing thread committed the queue meanwhile
                 if self._expired():
                     break
-                self._inflight = True
-                batch = self._take()
-                self._space.set()
-                try:
-                    self._commit(conn, batch)
-                finally:
-                    self._inflight = False
+                with self._commit_lock:
+                    self._inflight = True
+                    self._urgent = False  # before the take: a later waiter wakes us again
+                    batch = self._take()
+                    self._space.set()
+                    try:
+                        if batch:  # a closing thread may have committed it meanwhile
+                            self._commit(conn, batch)
+                    finally:
+                        self._inflight = False
         except BaseException as exc:  # a bug or a dead file: fail loudly, not silently
             self._fatal = exc
             logger.error("agentaudit: the SQLite writer for %s stopped: %r", self._path, exc)
         finally:
-            self._space.set()
-            self._fail_pending()
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
-            self._conn = None
+            with self._commit_lock:  # not while a closing thread is writing
+                self._space.set()
+                self._fail_pending()
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+                self._conn = None
+
+    def _linger(self) -> bool:
+        """Wait until the oldest queued item is ``commit_delay`` old, unless one is
+        waited for. False when the queue was emptied meanwhile."""
+        while not self._urgent and not self._stopping:
+            if not self._pending:
+                return False
+            remaining = self._first_queued + self.commit_delay - time.monotonic()
+            if remaining <= 0:
+                return True
+            self._wake.wait(remaining)
+            self._wake.clear()  # the flags, set before every wake, are what count
+        return True
 
     def _expired(self) -> bool:
         return self._stopping and self._deadline is not None and time.monotonic() > self._deadline
@@ -284,7 +423,10 @@ class SQLiteWriter:
         if left:
             logger.error("agentaudit: %d items were not written to %s", left, self._path)
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[Item]) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[Item], *, here: bool = False) -> bool:
+        """Write ``batch`` in one transaction and settle its tickets. ``here`` (a
+        closing thread's commit): return False at once, nothing written, when the
+        file is busy; the writer thread instead retries until it can."""
         delay = 0.002
         isolate = False
         while True:
@@ -293,11 +435,13 @@ class SQLiteWriter:
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc):
                     raise
+                if here:
+                    return False
                 # Another process held the lock past the busy timeout: keep the
                 # items and try again; nobody is told "database is locked".
                 if self._expired():
                     self._give_up(batch, exc)
-                    return
+                    return True
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
                 continue
@@ -308,6 +452,8 @@ class SQLiteWriter:
             except Exception as exc:
                 self._rollback(conn)
                 self._unclaim(live)
+                if here and (isolate or is_busy(exc)):
+                    return False
                 if is_busy(exc):
                     time.sleep(delay)
                     continue
@@ -319,7 +465,7 @@ class SQLiteWriter:
             self.committed_batches += 1
             for ticket, result, error in outcomes:
                 ticket.settle(result, error)
-            return
+            return True
 
     def _apply(self, conn: sqlite3.Connection, items: list[Item]) -> list[tuple[Ticket, Any, Any]]:
         outcomes: list[tuple[Ticket, Any, Any]] = []

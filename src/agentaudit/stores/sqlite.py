@@ -239,7 +239,21 @@ class SQLiteStore:
         if not isinstance(finished_at, datetime) or finished_at.tzinfo is None:
             raise ValueError("finished_at must be a timezone-aware datetime")
         # No timeout of our own: the Writer bounds this wait with finish_timeout.
-        self._submit_and_wait(OP_FINISH, (run_id, stats, finished_at), None, f"finish of run {run_id}")
+        self._finish_run_within(run_id, stats, finished_at, None)
+
+    def _finish_run_within(
+        self, run_id: str, stats: RunStats, finished_at: datetime, timeout: float | None
+    ) -> None:
+        """``finish_run``, bounded: the Writer calls it on the closing thread instead
+        of handing ``finish_run`` to a thread of its own. Raises `CommitTimeout` (a
+        TimeoutError) after ``timeout`` seconds; the finish stays queued and lands."""
+        if not isinstance(stats, RunStats):
+            raise TypeError(f"finish_run takes an aa.RunStats, got {type(stats).__name__}")
+        if not isinstance(finished_at, datetime) or finished_at.tzinfo is None:
+            raise ValueError("finished_at must be a timezone-aware datetime")
+        self._live_writer().commit_now(
+            OP_FINISH, (run_id, stats, finished_at), timeout, what=f"finish of run {run_id}"
+        )
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything written so far is committed. Raises StoreError when

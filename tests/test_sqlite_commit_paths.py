@@ -1,0 +1,98 @@
+"""When SQLiteStore commits: events nobody waits for still reach the file on their
+own; a run's close commits its run on the closing thread, falls back to the writer
+thread when another process holds the file, stays bounded by finish_timeout, and the
+finish still lands once the file is free; many threads closing runs at once lose
+nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import agentaudit as aa
+from agentaudit.testing import assert_run_well_formed
+
+RESPONSE = aa.Response(
+    text="checking", model="p/m", usage=aa.Usage(3, 2),
+    tool_calls=(aa.ToolCall("lookup", {"q": "x"}, "c1"),),
+)
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def wait_for(query: str, path: Path, expected: object, seconds: float = 10.0) -> object:
+    other = raw(path)
+    deadline = time.monotonic() + seconds
+    while True:
+        found = other.execute(query).fetchone()[0]
+        if found == expected or time.monotonic() > deadline:
+            other.close()
+            return found
+        time.sleep(0.01)
+
+
+def test_events_of_an_open_run_reach_the_file_without_a_close_or_a_read(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    store = aa.SQLiteStore(db)
+    w = aa.Auditor(store).start_run("agent", parent_run_id=None)
+    w.on_step(1, RESPONSE)
+    w.on_tool(RESPONSE.tool_calls[0], "found")
+    # Another connection (another program, or what survives a kill) sees them.
+    assert wait_for("SELECT count(*) FROM events", db, 4) == 4
+    assert wait_for("SELECT status FROM runs", db, "running") == "running"
+    w.close()
+    store.close()
+
+
+def test_close_while_another_process_holds_the_file_is_bounded_and_the_finish_lands(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "a.db"
+    store = aa.SQLiteStore(db)
+    auditor = aa.Auditor(store, finish_timeout=0.3)
+    w = auditor.start_run("agent", parent_run_id=None)
+    w.on_step(1, RESPONSE)
+    store.flush()
+    blocker = raw(db)
+    blocker.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    w.close()
+    assert time.monotonic() - started < 3.0
+    assert auditor.faults.counts() == {"finish_timeout": 1}
+    blocker.execute("COMMIT")
+    assert wait_for("SELECT status FROM runs", db, "succeeded") == "succeeded"
+    store.close()
+
+
+def test_many_threads_closing_runs_at_once_lose_nothing(tmp_path: Path) -> None:
+    store = aa.SQLiteStore(tmp_path / "a.db")
+    auditor = aa.Auditor(store, strict=True)
+    run_ids: list[str] = []
+    lock = threading.Lock()
+
+    def agent() -> None:
+        for _ in range(25):
+            w = auditor.start_run("agent", parent_run_id=None)
+            for i in (1, 2):
+                w.on_step(i, RESPONSE)
+                w.on_tool(RESPONSE.tool_calls[0], f"result {i}")
+            w.close()
+            with lock:
+                run_ids.append(w.run_id)
+
+    threads = [threading.Thread(target=agent) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(run_ids) == 200
+    other = raw(tmp_path / "a.db")  # committed when close returned, not after a flush
+    assert other.execute("SELECT count(*) FROM runs WHERE status = 'succeeded'").fetchone()[0] == 200
+    assert other.execute("SELECT count(*) FROM events").fetchone()[0] == 200 * 7
+    for run_id in run_ids:
+        assert_run_well_formed(store, run_id)
+    store.close()
