@@ -32,7 +32,7 @@ SCALING_CONFIGS = ["none", "agentaudit-sqlite", "floor", "langfuse", "langsmith"
 PEERS = ("langfuse", "langsmith", "openinference")
 
 # rounds x runs per block; scaling sizes and their rounds x runs per block
-FULL = {"rounds": 15, "block": 8, "memory_block": 10, "sizes": [3, 5, 10, 25, 50],
+FULL = {"rounds": 12, "block": 8, "memory_block": 10, "sizes": [3, 5, 10, 25, 50],
         "scaling_rounds": 5, "scaling_block": 2}
 QUICK = {"rounds": 5, "block": 4, "memory_block": 5, "sizes": [3, 5, 10, 25, 50],
          "scaling_rounds": 2, "scaling_block": 1}
@@ -101,7 +101,8 @@ def worker(settings: dict[str, Any], seed: int) -> dict[str, Any]:
         for n in settings["sizes"]:
             # Short runs are cheap and noisier: give them more runs per block.
             runs = max(settings["scaling_block"], settings["scaling_block"] * 15 // n)
-            blocks = harness.interleaved(scaled, block_for(n), rounds=settings["scaling_rounds"],
+            rounds = settings["scaling_rounds"] * (1 if n >= 25 else 2)
+            blocks = harness.interleaved(scaled, block_for(n), rounds=rounds,
                                          block=runs, rng=rng, warmup=1,
                                          label=f"scaling n={n}")
             summary = harness.summarize(blocks)

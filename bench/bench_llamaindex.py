@@ -25,7 +25,7 @@ import env_info
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = ["none", "agentaudit-sqlite", "agentaudit-memory", "openinference"]
-FULL = {"rounds": 15, "block": 8, "memory_block": 10}
+FULL = {"rounds": 10, "block": 8, "memory_block": 10}
 QUICK = {"rounds": 5, "block": 4, "memory_block": 5}
 N_STEPS = 3
 
