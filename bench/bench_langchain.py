@@ -158,11 +158,14 @@ def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (about a minute)")
-    parser.add_argument("--processes", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=None,
+                        help="measuring processes (default 3, 1 with --quick)")
     parser.add_argument("--out", default=str(HERE / "results" / "langchain.json"))
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
+    if args.processes is None:
+        args.processes = 1 if args.quick else 3
     if args.worker is not None:
         json.dump(worker(settings, args.worker), sys.stdout)
         return

@@ -24,6 +24,10 @@ _UUID = rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _PART_ID = re.compile(rb'name="(?:post|patch)\.(' + _UUID + rb')"')
 _JSON_ID = re.compile(rb'"(?:id|trace_id)"\s*:\s*"(' + _UUID + rb')"')
 
+# What LangSmith's server advertises: the client then sends zstd-compressed multipart,
+# its default against the hosted service.
+LANGSMITH_INFO = {"version": "0.10.0", "instance_flags": {"zstd_compression_enabled": True}}
+
 _lock = threading.Lock()
 _bodies: list[tuple[str, bytes]] = []
 _requests: dict[str, int] = {}
@@ -103,6 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.startswith("/_bench/counts"):
             self._reply(json.dumps(counts()).encode())
+        elif self.path.split("?")[0].rstrip("/").endswith("/info"):
+            self._reply(json.dumps(LANGSMITH_INFO).encode())
         else:
             self._reply(b"{}")
 

@@ -227,7 +227,9 @@ The configurations:
   base_url=<dummy server>)` client at its defaults; it exports OpenTelemetry spans in a background
   thread. Checked: the dummy server received one root span per run.
 - **LangSmith**: `LangChainTracer(client=langsmith.Client(api_url=<dummy server>, api_key=...))`,
-  the client's default background batching. Checked: the dummy server received every root run id.
+  the client's default background batching; the dummy server's `/info` advertises zstd
+  compression as LangSmith's service does, so the client compresses runs as in production.
+  Checked: the dummy server received every root run id.
 - **OpenInference**: `LangChainInstrumentor().instrument(tracer_provider=...)` with an SDK
   `TracerProvider` and a `BatchSpanProcessor` (what a deployment uses; export happens in a
   background thread) into an `InMemorySpanExporter`. Checked: one root span exported per run.
@@ -278,7 +280,7 @@ Added ms per step:
 
 ```sh
 make bench                          # installs bench/requirements.txt into .venv, runs everything
-make bench BENCH_ARGS=--quick       # about a minute, noisier
+make bench BENCH_ARGS=--quick       # one process, fewer rounds: about a minute, noisier
 # or step by step:
 .venv/bin/pip install -r bench/requirements.txt
 .venv/bin/python bench/bench_langchain.py      # bench/results/langchain.json
