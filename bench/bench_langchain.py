@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,7 +62,8 @@ def worker(settings: dict[str, Any], seed: int) -> dict[str, Any]:
 
     rng = random.Random(seed)
     server = DummyServer()
-    configs = make_configs(MAIN_CONFIGS, server, workdir())
+    files = workdir()
+    configs = make_configs(MAIN_CONFIGS, server, files)
     by_name = {c.name: c for c in configs}
     agents: dict[int, Any] = {}
     payload = agent_input()
@@ -118,6 +120,7 @@ def worker(settings: dict[str, Any], seed: int) -> dict[str, Any]:
         for config in configs:
             config.close()
         server.close()
+        shutil.rmtree(files, ignore_errors=True)
 
 
 def _median_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,8 @@ def worker(settings: dict[str, Any], seed: int) -> dict[str, Any]:
     import harness
     from li_agent import QUESTION, build_agent, make_configs
 
-    configs = make_configs(CONFIGS, tempfile.mkdtemp(prefix="agentaudit-bench-li-"))
+    files = tempfile.mkdtemp(prefix="agentaudit-bench-li-")
+    configs = make_configs(CONFIGS, files)
     agent = build_agent(N_STEPS)
 
     async def timed_runs(config: Any, k: int) -> tuple[list[float], list[float]]:
@@ -69,6 +71,7 @@ def worker(settings: dict[str, Any], seed: int) -> dict[str, Any]:
     finally:
         for config in configs:
             config.close()
+        shutil.rmtree(files, ignore_errors=True)
 
 
 def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
