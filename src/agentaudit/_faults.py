@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any, TypeVar
 
 __all__ = ["Faults", "logger"]
@@ -36,6 +36,7 @@ class Faults:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self._logged: set[tuple[str, str | None]] = set()
+        self._guards: dict[str, _Guard] = {}
 
     def report(self, kind: str, exc: BaseException | None = None, run_id: str | None = None) -> None:
         """Record one fault. Raises ``exc`` (or a RuntimeError) in strict mode."""
@@ -61,13 +62,18 @@ class Faults:
                 raise exc
             raise RuntimeError(f"agentaudit fault {kind} (run {run_id})")
 
-    @contextmanager
-    def guard(self, kind: str, run_id: str | None = None) -> Iterator[None]:
-        """Run the ``with`` body; an ``Exception`` in it becomes a fault of ``kind``."""
-        try:
-            yield
-        except Exception as exc:
-            self.report(kind, exc, run_id)
+    def guard(self, kind: str, run_id: str | None = None) -> _Guard:
+        """Run the ``with`` body; an ``Exception`` in it becomes a fault of ``kind``.
+
+        The guard holds no state of its own, so one may be kept and reused by a hook
+        that runs thousands of times (a generator-based context manager costs a
+        microsecond or more per ``with``)."""
+        if run_id is None:
+            found = self._guards.get(kind)
+            if found is None:
+                found = self._guards[kind] = _Guard(self, kind, None)
+            return found
+        return _Guard(self, kind, run_id)
 
     def guarded(self, kind: str) -> Callable[[F], F]:
         """Decorator form of :meth:`guard` for hook functions; a fault returns None."""
@@ -103,3 +109,30 @@ class Faults:
 
     def __repr__(self) -> str:
         return f"Faults(total={self.total}, strict={self.strict})"
+
+
+class _Guard:
+    """What `Faults.guard` returns: a reusable, reentrant context manager."""
+
+    __slots__ = ("_faults", "_kind", "_run_id")
+
+    def __init__(self, faults: Faults, kind: str, run_id: str | None) -> None:
+        self._faults = faults
+        self._kind = kind
+        self._run_id = run_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False  # no fault; or cancellation, KeyboardInterrupt: not ours to stop
+        try:
+            self._faults.report(self._kind, exc, self._run_id)
+        except BaseException as raised:
+            if raised is exc:
+                return False  # strict: the original exception goes on, untouched
+            raise
+        return True

@@ -197,6 +197,21 @@ class AuditCallbackHandler(BaseCallbackHandler):
             raise TypeError(f"metadata must be a mapping or None, got {type(metadata).__name__}")
         self._auditor = auditor
         self._guard = auditor.guard
+        # One guard per hook, made once: Faults guards are reusable, and a `with`
+        # on a kept guard costs a fraction of making one per callback.
+        self._guard_on_chain_start = auditor.guard("langchain.on_chain_start")
+        self._guard_on_chain_end = auditor.guard("langchain.on_chain_end")
+        self._guard_on_chain_error = auditor.guard("langchain.on_chain_error")
+        self._guard_on_chat_model_start = auditor.guard("langchain.on_chat_model_start")
+        self._guard_on_llm_start = auditor.guard("langchain.on_llm_start")
+        self._guard_on_llm_end = auditor.guard("langchain.on_llm_end")
+        self._guard_on_llm_error = auditor.guard("langchain.on_llm_error")
+        self._guard_on_tool_start = auditor.guard("langchain.on_tool_start")
+        self._guard_on_tool_end = auditor.guard("langchain.on_tool_end")
+        self._guard_on_tool_error = auditor.guard("langchain.on_tool_error")
+        self._guard_on_retriever_start = auditor.guard("langchain.on_retriever_start")
+        self._guard_on_retriever_end = auditor.guard("langchain.on_retriever_end")
+        self._guard_on_retriever_error = auditor.guard("langchain.on_retriever_error")
         self._name = name
         self._caller = caller
         self._metadata = dict(metadata or {})
@@ -341,7 +356,7 @@ class AuditCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        with self._guard("langchain.on_chain_start"):
+        with self._guard_on_chain_start:
             if run_id in self._runs:
                 return  # delivered twice
             parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
@@ -352,13 +367,13 @@ class AuditCallbackHandler(BaseCallbackHandler):
             self._start(run_id, kwargs.get("name"), run_input(inputs), metadata, parent)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._guard("langchain.on_chain_end"):
+        with self._guard_on_chain_end:
             run = self._leave(run_id)
             if run is not None and run.root_id == run_id:
                 self._end(run, aa.RunStats(output=final_output(outputs)))
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._guard("langchain.on_chain_error"):
+        with self._guard_on_chain_error:
             run = self._leave(run_id)
             if run is None:
                 return
@@ -406,7 +421,7 @@ class AuditCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        with self._guard("langchain.on_chat_model_start"):
+        with self._guard_on_chat_model_start:
             prompt = None
             if parent_run_id is None or parent_run_id not in self._runs:
                 prompt = last_human_text(messages[0]) if messages else None
@@ -422,12 +437,12 @@ class AuditCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        with self._guard("langchain.on_llm_start"):
+        with self._guard_on_llm_start:
             prompt = prompts[0] if prompts else None
             self._model_start(serialized, run_id, parent_run_id, prompt, metadata, kwargs)
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._guard("langchain.on_llm_end"):
+        with self._guard_on_llm_end:
             provider, requested = self._models.pop(run_id, (None, None))
             run = self._leave(run_id)
             if run is None:
@@ -438,7 +453,7 @@ class AuditCallbackHandler(BaseCallbackHandler):
                 self._end(run, aa.RunStats(output=step.text))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._guard("langchain.on_llm_error"):
+        with self._guard_on_llm_error:
             self._models.pop(run_id, None)
             run = self._leave(run_id)
             if run is None:
@@ -460,7 +475,7 @@ class AuditCallbackHandler(BaseCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        with self._guard("langchain.on_tool_start"):
+        with self._guard_on_tool_start:
             if run_id in self._runs:
                 return
             name = serialized.get("name") if isinstance(serialized, Mapping) else None
@@ -502,12 +517,12 @@ class AuditCallbackHandler(BaseCallbackHandler):
                 self._end(run, aa.RunStats(output=result))
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._guard("langchain.on_tool_end"):
+        with self._guard_on_tool_end:
             result, is_error, call_id = tool_result(output)
             self._tool_done(run_id, result, is_error, call_id)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._guard("langchain.on_tool_error"):
+        with self._guard_on_tool_error:
             if _is_langgraph(error, "GraphBubbleUp"):
                 # An interrupt (or a command to the parent graph) is control flow:
                 # the tool did not fail, and it runs again when the graph resumes.
@@ -534,15 +549,15 @@ class AuditCallbackHandler(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        with self._guard("langchain.on_retriever_start"):
+        with self._guard_on_retriever_start:
             parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
             if parent is not None and run_id not in self._runs:
                 self._join(parent, run_id)
 
     def on_retriever_end(self, documents: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._guard("langchain.on_retriever_end"):
+        with self._guard_on_retriever_end:
             self._leave(run_id)
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._guard("langchain.on_retriever_error"):
+        with self._guard_on_retriever_error:
             self._leave(run_id)
