@@ -38,6 +38,12 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _spread(figures: dict[str, Any]) -> str:
+    """The range of the per-process medians, when there were several processes."""
+    values = figures.get("added_wall_ms_per_process") or []
+    return f"<small>({min(values):.2f}–{max(values):.2f})</small>" if len(values) > 1 else ""
+
+
 def bar_chart(lc: dict[str, Any], li: dict[str, Any] | None, path: Path) -> None:
     panels = [("LangChain create_agent", lc["figures"])]
     if li:
@@ -87,7 +93,8 @@ def lc_table(lc: dict[str, Any]) -> str:
         if name == "none":
             continue
         rows.append(
-            f"| {LABELS.get(name, name)} | {x['added_wall_ms']:.2f} | {x['added_ms_per_event']:.3f} "
+            f"| {LABELS.get(name, name)} | {x['added_wall_ms']:.2f} {_spread(x)} "
+            f"| {x['added_ms_per_event']:.3f} "
             f"| {_fmt(x.get('ratio_to_cheapest_peer'), 3)} | {_fmt(x.get('ratio_to_floor'))} "
             f"| +{x['added_thread_ms']:.2f} | +{x['added_process_ms']:.2f} "
             f"| +{x['added_peak_kib']:.0f} |")
@@ -114,7 +121,7 @@ def li_table(li: dict[str, Any]) -> str:
     for name, x in sorted(f.items(), key=lambda kv: kv[1]["added_wall_ms"]):
         if name == "none":
             continue
-        rows.append(f"| {LABELS.get(name, name)} | {x['added_wall_ms']:.2f} "
+        rows.append(f"| {LABELS.get(name, name)} | {x['added_wall_ms']:.2f} {_spread(x)} "
                     f"| {_fmt(x.get('ratio_to_openinference'), 3)} | +{x['added_thread_ms']:.2f} "
                     f"| +{x['added_process_ms']:.2f} | +{x['added_peak_kib']:.0f} |")
     return "\n".join(rows)
@@ -198,7 +205,8 @@ resolved model, 2 × tool call + tool result).
 {missing_note(lc)}
 
 - **added ms/run**: median wall time of a run minus the baseline's in the same round, on the
-  agent's thread (what the caller waits for). **× cheapest peer** and **× floor** divide it by
+  agent's thread (what the caller waits for); in brackets, the lowest and highest of the
+  separate processes' medians. **× cheapest peer** and **× floor** divide it by
   the cheapest peer's and the floor's added time.
 - **agent-thread CPU**: `time.thread_time()` around each run, minus the baseline's. LangGraph
   runs some nodes and callbacks on worker threads, so this misses part of every configuration's
