@@ -225,7 +225,7 @@ The configurations:
   JSON arguments and result, and a SHA-256 hash chain over the events.
 - **agentaudit + MemoryStore** and **SQLiteStore(durability="sync")** (each event committed with
   `synchronous=FULL` before the hook returns) for scale.
-- **floor**: a ~60-line `BaseCallbackHandler` (`bench/floor_handler.py`) that keeps one row per
+- **floor**: a short `BaseCallbackHandler` (`bench/floor_handler.py`) that keeps one row per
   step and two per tool call in a list and at the root chain's end writes them with one
   `executemany` + `commit` (WAL, `synchronous=NORMAL`) on the agent's thread. No run row, no
   hashes, no redaction, no size caps, no fault isolation, one invocation at a time.
@@ -253,7 +253,8 @@ grows per step with the run; one that records each event once stays flat.
 
 ![Added time per step](img/bench_scaling.png)
 
-Added ms per step:
+Added ms per step (added ms per run ÷ N; {lc['settings']['scaling_rounds']} rounds for long
+runs and twice as many for runs under 25 steps, more runs per block for short runs):
 
 {scaling_table(lc)}
 
@@ -277,8 +278,9 @@ Added ms per step:
 
 ## Machine and versions
 
-{m['nproc']} CPUs, Python {m['python']}, {m['platform']}. Full run took {lc['elapsed_s']} s
-(LangChain) + {li['elapsed_s'] if li else 0} s (LlamaIndex).
+{m['nproc']} CPUs (`nproc`), Python {m['python']}, {m['platform']}, shared with other jobs
+while it ran. This run took {lc['elapsed_s']} s (LangChain) + {li['elapsed_s'] if li else 0} s
+(LlamaIndex).
 
 | package | version |
 |---|---|
