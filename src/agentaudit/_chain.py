@@ -14,7 +14,7 @@ from datetime import datetime
 from ._model import Event, VerifyResult
 from ._serialize import canonical_json
 
-__all__ = ["event_hash", "format_time", "verify_events"]
+__all__ = ["chain_hash", "event_hash", "format_time", "verify_events"]
 
 
 def format_time(moment: datetime) -> str:
@@ -26,12 +26,19 @@ def event_hash(
     prev_hash: str, run_id: str, sequence: int, event_type: str, created_at: datetime, payload_json: str
 ) -> str:
     """SHA-256 (hex) over the previous hash, the event's header and its canonical payload."""
+    return chain_hash(prev_hash, run_id, sequence, event_type, format_time(created_at), payload_json)
+
+
+def chain_hash(
+    prev_hash: str, run_id: str, sequence: int, event_type: str, created_text: str, payload_json: str
+) -> str:
+    """`event_hash` with the time already in its `format_time` form (the writer
+    formats it once, for the hash and the stored row)."""
     # Length-prefixed free-text fields: no run id or event type can forge a boundary.
-    header = (
+    return hashlib.sha256(
         f"{prev_hash}|{len(run_id)}:{run_id}|{sequence}|{len(event_type)}:{event_type}|"
-        f"{format_time(created_at)}"
-    )
-    return hashlib.sha256(f"{header}\n{payload_json}".encode("utf-8", "surrogatepass")).hexdigest()
+        f"{created_text}\n{payload_json}".encode("utf-8", "surrogatepass")
+    ).hexdigest()
 
 
 def verify_events(run_id: str, events: Iterable[Event]) -> VerifyResult:

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import _finisher
 from ._caps import RUN_IO_MAX, STEP_TEXT_MAX, TOOL_RESULT_MAX, cap, utf8_len
-from ._chain import event_hash
+from ._chain import chain_hash, format_time
 from ._faults import Faults
 from ._model import Event, Response, RunStats, RunStatus, ToolCall
 from ._pricing import Pricing, price_step
@@ -53,6 +53,9 @@ class Writer:
         finish_timeout: float = DEFAULT_FINISH_TIMEOUT,
     ) -> None:
         self._store = store
+        # A store that takes an event with its stored JSON and time text (SQLiteStore)
+        # is spared encoding each payload a second time.
+        self._append_sealed = getattr(store, "_append_sealed", None)
         self.run_id = run_id
         self._policy = redaction or _DEFAULT_POLICY
         self._pricing = pricing
@@ -271,15 +274,21 @@ class Writer:
     # -- sealing ----------------------------------------------------------------------
     def _append(self, *items: tuple[str, dict[str, Any]]) -> None:
         store = self._store
+        sealed = self._append_sealed
+        run_id = self.run_id
         with self._lock:
             for event_type, payload in items:
                 seq = self._seq + 1
                 created = datetime.now(timezone.utc)
+                created_text = format_time(created)
                 body = canonical_json(payload)
-                digest = event_hash(self._prev_hash, self.run_id, seq, event_type, created, body)
-                event = Event(self.run_id, seq, event_type, payload, created, self._prev_hash, digest)
+                digest = chain_hash(self._prev_hash, run_id, seq, event_type, created_text, body)
+                event = Event(run_id, seq, event_type, payload, created, self._prev_hash, digest)
                 try:
-                    store.append_log(event)
+                    if sealed is not None:
+                        sealed(event, body, created_text)
+                    else:
+                        store.append_log(event)
                 except Exception as exc:
                     # Not taken: the sequence is not advanced, so the log keeps no gap.
                     self._faults.report("append_log", exc, self.run_id)

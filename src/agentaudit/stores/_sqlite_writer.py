@@ -43,6 +43,7 @@ __all__ = [
     "OP_EVENT",
     "OP_FINISH",
     "OP_FLUSH",
+    "OP_ROW",
     "OP_START",
     "CommitTimeout",
     "SQLiteWriter",
@@ -51,9 +52,10 @@ __all__ = [
 
 logger = logging.getLogger("agentaudit")
 
-OP_START, OP_EVENT, OP_FINISH, OP_FLUSH, OP_CALL = range(5)
+# OP_ROW: an event with its row already made, as (event, row).
+OP_START, OP_EVENT, OP_FINISH, OP_FLUSH, OP_CALL, OP_ROW = range(6)
 _OP_NAMES = {OP_START: "run start", OP_EVENT: "event", OP_FINISH: "run finish",
-             OP_FLUSH: "flush", OP_CALL: "maintenance"}
+             OP_FLUSH: "flush", OP_CALL: "maintenance", OP_ROW: "event"}
 
 # (op, data, ticket or None)
 Item = tuple[int, Any, "Ticket | None"]
@@ -471,9 +473,13 @@ class SQLiteWriter:
         outcomes: list[tuple[Ticket, Any, Any]] = []
         for op, group in itertools.groupby(items, key=lambda item: item[0]):
             chunk = list(group)
-            if op == OP_EVENT:
-                events = [data for _op, data, _t in chunk]
-                conn.executemany(INSERT_EVENT, [event_row(e) for e in events])
+            if op in (OP_EVENT, OP_ROW):
+                if op == OP_ROW:
+                    events = [data[0] for _op, data, _t in chunk]
+                    conn.executemany(INSERT_EVENT, [data[1] for _op, data, _t in chunk])
+                else:
+                    events = [data for _op, data, _t in chunk]
+                    conn.executemany(INSERT_EVENT, [event_row(e) for e in events])
                 models = [
                     (e.payload.get("model", ""), e.run_id)
                     for e in events
@@ -503,7 +509,7 @@ class SQLiteWriter:
                 error = RunNotFoundError(f"no run {run_id!r} to finish in {self._path}")
         elif op == OP_CALL:
             result = data(conn)
-        elif op in (OP_EVENT, OP_START):
+        elif op in (OP_EVENT, OP_ROW, OP_START):
             self._apply(conn, [item])
         return None if ticket is None else (ticket, result, error)
 
@@ -535,8 +541,9 @@ class SQLiteWriter:
     def _describe(self, item: Item, exc: BaseException) -> str:
         op, data, _ticket = item
         what = _OP_NAMES.get(op, "item")
-        if op == OP_EVENT:
-            what = f"event {data.run_id}#{data.sequence}"
+        if op in (OP_EVENT, OP_ROW):
+            event = data if op == OP_EVENT else data[0]
+            what = f"event {event.run_id}#{event.sequence}"
         elif op == OP_START:
             what = f"run start {data.run_id}"
         return f"{self._path} refused the {what}: {exc}"

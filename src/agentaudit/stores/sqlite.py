@@ -50,6 +50,7 @@ from ._sqlite_writer import (
     OP_EVENT,
     OP_FINISH,
     OP_FLUSH,
+    OP_ROW,
     OP_START,
     SQLiteWriter,
     Ticket,
@@ -232,6 +233,18 @@ class SQLiteStore:
             writer.wait(ticket, self.sync_timeout, what=f"event {event.run_id}#{event.sequence}")
         else:
             self._live_writer().submit(OP_EVENT, event)
+
+    def _append_sealed(self, event: Event, payload_json: str, created_text: str) -> None:
+        """``append_log`` from the Writer, which hands over the event's canonical JSON
+        and time text too (computed for its hash): the row is made here, once."""
+        if self.durability == "sync":
+            self.append_log(event)
+            return
+        row = (
+            event.run_id, event.sequence, event.event_type, payload_json, created_text,
+            event.prev_hash, event.hash,
+        )
+        self._live_writer().submit(OP_ROW, (event, row))
 
     def finish_run(self, run_id: str, stats: RunStats, finished_at: datetime) -> None:
         if not isinstance(stats, RunStats):
