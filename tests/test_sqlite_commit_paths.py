@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import agentaudit as aa
-from agentaudit.testing import assert_run_well_formed
+from agentaudit.testing import BlockingStore, RaisingStore, assert_run_well_formed
 
 RESPONSE = aa.Response(
     text="checking", model="p/m", usage=aa.Usage(3, 2),
@@ -96,3 +96,26 @@ def test_many_threads_closing_runs_at_once_lose_nothing(tmp_path: Path) -> None:
     for run_id in run_ids:
         assert_run_well_formed(store, run_id)
     store.close()
+
+
+def test_a_wrapping_store_is_not_bypassed_by_the_sqlite_shortcuts(tmp_path: Path) -> None:
+    # BlockingStore forwards every other attribute to SQLiteStore with __getattr__:
+    # its blocking finish_run must still be what close calls (and times out on).
+    inner = aa.SQLiteStore(tmp_path / "a.db")
+    blocking = BlockingStore(inner)
+    auditor = aa.Auditor(blocking, finish_timeout=0.2)
+    w = auditor.start_run("agent", parent_run_id=None)
+    w.on_step(1, RESPONSE)
+    w.close()
+    assert auditor.faults.counts() == {"finish_timeout": 1}
+    blocking.release()
+    assert wait_for("SELECT status FROM runs", tmp_path / "a.db", "succeeded") == "succeeded"
+    # append_log through a wrapper that refuses it is refused, not routed around it
+    refusing = RaisingStore(methods={"append_log"}, inner=inner)
+    auditor = aa.Auditor(refusing)
+    w = auditor.start_run("agent", parent_run_id=None)
+    w.on_step(1, RESPONSE)
+    w.close()
+    assert auditor.faults.counts().get("append_log") == 2
+    assert inner.get_logs(w.run_id) == []
+    inner.close()

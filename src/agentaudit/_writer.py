@@ -33,6 +33,26 @@ DEFAULT_FINISH_TIMEOUT = 10.0
 
 _DEFAULT_POLICY = RedactionPolicy()
 
+_FAST_PATHS: dict[tuple[type, str], bool] = {}
+
+
+def _owner(cls: type, name: str) -> type | None:
+    return next((c for c in cls.__mro__ if name in c.__dict__), None)
+
+
+def store_fast_path(store: Any, name: str, stands_for: str) -> Any:
+    """``store``'s private shortcut ``name`` for the protocol method ``stands_for``
+    (bound), or None. Taken only when one class defines both: a subclass that
+    overrides ``stands_for``, or a wrapper that forwards attributes with
+    ``__getattr__`` (a fault-injecting test store), must not be bypassed."""
+    cls = type(store)
+    key = (cls, name)
+    usable = _FAST_PATHS.get(key)
+    if usable is None:
+        owner = _owner(cls, name)
+        usable = _FAST_PATHS[key] = owner is not None and owner is _owner(cls, stands_for)
+    return getattr(store, name) if usable else None
+
 
 class Writer:
     """Records one run's events into a store.
@@ -55,7 +75,7 @@ class Writer:
         self._store = store
         # A store that takes an event with its stored JSON and time text (SQLiteStore)
         # is spared encoding each payload a second time.
-        self._append_sealed = getattr(store, "_append_sealed", None)
+        self._append_sealed = store_fast_path(store, "_append_sealed", "append_log")
         self.run_id = run_id
         self._policy = redaction or _DEFAULT_POLICY
         self._pricing = pricing
@@ -333,7 +353,7 @@ class Writer:
             resolved = self._resolve(stats)
             if resolved is None:
                 return
-            finish_within = getattr(self._store, "_finish_run_within", None)
+            finish_within = store_fast_path(self._store, "_finish_run_within", "finish_run")
             if finish_within is not None:
                 # A store that bounds its own wait (SQLiteStore) is called here: no
                 # hand-off to a finisher thread and back on every run's close.

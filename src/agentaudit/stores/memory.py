@@ -81,6 +81,13 @@ class MemoryStore:
                 cost_usd=stats.cost_usd,
             )
 
+    def _finish_run_within(
+        self, run_id: str, stats: RunStats, finished_at: datetime, timeout: float | None
+    ) -> None:
+        # Holds the lock for microseconds, so the Writer may call it on the closing
+        # thread: no bounded hand-off to a finisher thread needed.
+        self.finish_run(run_id, stats, finished_at)
+
     def flush(self, timeout: float | None = None) -> None:
         """Nothing to flush: every write is in memory as soon as it is made."""
 
