@@ -130,16 +130,42 @@ _STRICT_ENCODER = json.JSONEncoder(
 )
 
 
+def _c_encoder() -> Any:
+    """json's C encoder with the strict encoder's options, called directly: the
+    pure-Python ``encode``/``iterencode`` around it make a new one on every call.
+    No circular-reference markers (a shared dict would race between threads): a
+    cycle ends in RecursionError, which takes the slow path like any odd value."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    quote = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or quote is None:  # an interpreter without the _json accelerator
+        return None
+    enc = _STRICT_ENCODER
+    return make(
+        None, enc.default, quote, None, enc.key_separator, enc.item_separator, True, False, False
+    )
+
+
+_C_ENCODE = _c_encoder()
+
+
+def _encode(obj: Any) -> str:
+    if isinstance(obj, str):  # the C encoder encodes containers and numbers only
+        return _STRICT_ENCODER.encode(obj)
+    if _C_ENCODE is None:
+        return _STRICT_ENCODER.encode(obj)
+    return "".join(_C_ENCODE(obj, 0))
+
+
 def canonical_json(obj: Any) -> str:
     """Compact JSON with sorted keys: the stored and hashed form. Never raises."""
     try:
         # Fast path: the writer's own payloads are plain values already.
-        out = _STRICT_ENCODER.encode(obj)
+        out = _encode(obj)
         if out.isascii():
             return out
         out.encode("utf-8")  # a lone surrogate somewhere: take the slow path
         return out
-    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         pass
     try:
         return json.dumps(
