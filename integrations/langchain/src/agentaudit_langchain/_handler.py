@@ -12,7 +12,9 @@ How LangChain's run tree maps onto audit runs:
 - Each model call's end is one ``step``; each tool's end or error is one
   ``on_tool``; the root's end or error closes the audit run.
 
-State is three dicts keyed by LangChain run id and holding only live runs: an
+State is three dicts keyed by LangChain run id (the UUID's ``int``: a UUID hashes and
+compares in Python, and an agent run makes some eighty lookups) and holding only
+live runs: an
 entry is removed when its run ends, and whatever a run left behind (a stream the
 caller stopped reading) is swept when its root ends. Dict reads and writes are
 atomic, so concurrent invocations, parallel tool threads and event loops share one
@@ -100,10 +102,10 @@ class _AuditRun:
         "writer",
     )
 
-    def __init__(self, writer: aa.Writer, root_id: UUID) -> None:
+    def __init__(self, writer: aa.Writer, root_id: int) -> None:
         self.writer = writer
         self.root_id = root_id
-        self.members: set[UUID] = set()
+        self.members: set[int] = set()
         self.steps = 0
         self.step_lock = threading.Lock()
         self.interrupts: dict[Any, dict[str, Any]] = {}
@@ -219,9 +221,9 @@ class AuditCallbackHandler(BaseCallbackHandler):
         # Strict auditors (tests) want our faults loud: let LangChain re-raise them.
         self.raise_error = bool(getattr(auditor, "strict", False))
         # Live LangChain runs only (see the module docstring).
-        self._runs: dict[UUID, _AuditRun] = {}
-        self._models: dict[UUID, tuple[str | None, str | None]] = {}
-        self._tools: dict[UUID, _ToolStart] = {}
+        self._runs: dict[int, _AuditRun] = {}
+        self._models: dict[int, tuple[str | None, str | None]] = {}
+        self._tools: dict[int, _ToolStart] = {}
 
     # -- what LangChain should not call at all ----------------------------------------
 
@@ -255,12 +257,13 @@ class AuditCallbackHandler(BaseCallbackHandler):
 
     # -- run bookkeeping ---------------------------------------------------------------
 
-    def _join(self, run: _AuditRun, run_id: UUID) -> None:
-        run.members.add(run_id)
-        self._runs[run_id] = run
+    def _join(self, run: _AuditRun, key: int) -> None:
+        run.members.add(key)
+        self._runs[key] = run
 
     def _start(
         self,
+        key: int,
         run_id: UUID,
         name: Any,
         run_input: Any,
@@ -311,8 +314,8 @@ class AuditCallbackHandler(BaseCallbackHandler):
             # The run could not start. Its LangChain runs are still tracked, with a
             # writer that records nothing, so that they do not each retry as a root.
             writer = _DISABLED.start_run(run_name, parent_run_id=None)
-        run = _AuditRun(writer, run_id)
-        self._runs[run_id] = run
+        run = _AuditRun(writer, key)
+        self._runs[key] = run
         return run
 
     def _end(self, run: _AuditRun, stats: aa.RunStats) -> None:
@@ -336,12 +339,12 @@ class AuditCallbackHandler(BaseCallbackHandler):
         run.writer.log_event("interrupt", {"interrupts": list(run.interrupts.values())})
         run.interrupts.clear()
 
-    def _leave(self, run_id: UUID) -> _AuditRun | None:
+    def _leave(self, key: int) -> _AuditRun | None:
         """Drop a run that ended; its audit run, or None when it is not ours (or
         this is the second delivery of the event, the handler being registered twice)."""
-        run = self._runs.pop(run_id, None)
-        if run is not None and run.root_id != run_id:
-            run.members.discard(run_id)
+        run = self._runs.pop(key, None)
+        if run is not None and run.root_id != key:
+            run.members.discard(key)
         return run
 
     # -- chains (the agent graph, its nodes, any runnable) ----------------------------
@@ -357,29 +360,41 @@ class AuditCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         with self._guard_on_chain_start:
-            if run_id in self._runs:
+            key = run_id.int
+            runs = self._runs
+            if key in runs:
                 return  # delivered twice
-            parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
-            if parent is not None and parent_run_id not in self._tools:
-                self._join(parent, run_id)
-                return
+            if parent_run_id is not None:
+                parent_key = parent_run_id.int
+                parent = runs.get(parent_key)
+                if parent is not None and parent_key not in self._tools:
+                    parent.members.add(key)
+                    runs[key] = parent
+                    return
+            else:
+                parent = None
             # A root, or a chain run by a tool: a sub-agent, recorded as a child run.
-            self._start(run_id, kwargs.get("name"), run_input(inputs), metadata, parent)
+            self._start(key, run_id, kwargs.get("name"), run_input(inputs), metadata, parent)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_chain_end:
-            run = self._leave(run_id)
-            if run is not None and run.root_id == run_id:
-                self._end(run, aa.RunStats(output=final_output(outputs)))
+            key = run_id.int
+            run = self._runs.pop(key, None)
+            if run is not None:
+                if run.root_id == key:
+                    self._end(run, aa.RunStats(output=final_output(outputs)))
+                else:
+                    run.members.discard(key)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_chain_error:
-            run = self._leave(run_id)
+            key = run_id.int
+            run = self._leave(key)
             if run is None:
                 return
             if _is_langgraph(error, "GraphInterrupt"):
                 run.note_interrupt(error)
-            if run.root_id == run_id:
+            if run.root_id == key:
                 self._end(run, _stats_for_error(error))
 
     # -- model calls ---------------------------------------------------------------------
@@ -393,20 +408,21 @@ class AuditCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None,
         kwargs: dict[str, Any],
     ) -> None:
-        if run_id in self._runs:
+        key = run_id.int
+        if key in self._runs:
             return
-        parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
+        parent = self._runs.get(parent_run_id.int) if parent_run_id is not None else None
         if parent is None:  # a model invoked on its own: a one-step run
             name = kwargs.get("name")
             if not name and isinstance(serialized, Mapping):
                 name = serialized.get("name")
-            self._start(run_id, name or "llm", prompt, metadata)
+            self._start(key, run_id, name or "llm", prompt, metadata)
         else:
-            self._join(parent, run_id)
+            self._join(parent, key)
         if metadata:
             provider = metadata.get("ls_provider")
             requested = metadata.get("ls_model_name")
-            self._models[run_id] = (
+            self._models[key] = (
                 provider if isinstance(provider, str) else None,
                 requested if isinstance(requested, str) else None,
             )
@@ -423,7 +439,7 @@ class AuditCallbackHandler(BaseCallbackHandler):
     ) -> None:
         with self._guard_on_chat_model_start:
             prompt = None
-            if parent_run_id is None or parent_run_id not in self._runs:
+            if parent_run_id is None or parent_run_id.int not in self._runs:
                 prompt = last_human_text(messages[0]) if messages else None
             self._model_start(serialized, run_id, parent_run_id, prompt, metadata, kwargs)
 
@@ -443,23 +459,25 @@ class AuditCallbackHandler(BaseCallbackHandler):
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_llm_end:
-            provider, requested = self._models.pop(run_id, (None, None))
-            run = self._leave(run_id)
+            key = run_id.int
+            provider, requested = self._models.pop(key, (None, None))
+            run = self._leave(key)
             if run is None:
                 return
             step = to_response(response, provider, requested)
             run.step(step)
-            if run.root_id == run_id:
+            if run.root_id == key:
                 self._end(run, aa.RunStats(output=step.text))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_llm_error:
-            self._models.pop(run_id, None)
-            run = self._leave(run_id)
+            key = run_id.int
+            self._models.pop(key, None)
+            run = self._leave(key)
             if run is None:
                 return
             run.writer.log_error(_error_text(error))
-            if run.root_id == run_id:
+            if run.root_id == key:
                 self._end(run, _stats_for_error(error))
 
     # -- tools ---------------------------------------------------------------------------
@@ -476,19 +494,20 @@ class AuditCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         with self._guard_on_tool_start:
-            if run_id in self._runs:
+            key = run_id.int
+            if key in self._runs:
                 return
             name = serialized.get("name") if isinstance(serialized, Mapping) else None
             if not isinstance(name, str) or not name:
                 name = kwargs.get("name") or "tool"
-            parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
+            parent = self._runs.get(parent_run_id.int) if parent_run_id is not None else None
             if parent is None:  # a tool invoked on its own: a run of its own
-                self._start(run_id, name, input_str if inputs is None else inputs, metadata)
+                self._start(key, run_id, name, input_str if inputs is None else inputs, metadata)
             else:
-                self._join(parent, run_id)
+                self._join(parent, key)
             call_id = kwargs.get("tool_call_id")
             # `inputs` is the argument mapping; `input_str` only its Python repr.
-            self._tools[run_id] = _ToolStart(
+            self._tools[key] = _ToolStart(
                 name,
                 call_id if isinstance(call_id, str) else None,
                 inputs if inputs is not None else input_str,
@@ -504,13 +523,13 @@ class AuditCallbackHandler(BaseCallbackHandler):
             call = aa.ToolCall(call.name, call.arguments, run.call_id_for(call))
         run.writer.on_tool(call, result, error=error, duration_ms=elapsed_ms)
 
-    def _tool_done(self, run_id: UUID, result: Any, error: bool, call_id: str | None) -> None:
-        start = self._tools.pop(run_id, None)
-        run = self._leave(run_id)
+    def _tool_done(self, key: int, result: Any, error: bool, call_id: str | None) -> None:
+        start = self._tools.pop(key, None)
+        run = self._leave(key)
         if run is None or start is None:
             return
         self._record_tool(run, start, result, error, call_id)
-        if run.root_id == run_id:
+        if run.root_id == key:
             if error:
                 self._end(run, aa.RunStats(status=aa.RunStatus.FAILED, error=str(result)))
             else:
@@ -519,24 +538,27 @@ class AuditCallbackHandler(BaseCallbackHandler):
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_tool_end:
             result, is_error, call_id = tool_result(output)
-            self._tool_done(run_id, result, is_error, call_id)
+            self._tool_done(run_id.int, result, is_error, call_id)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_tool_error:
             if _is_langgraph(error, "GraphBubbleUp"):
                 # An interrupt (or a command to the parent graph) is control flow:
                 # the tool did not fail, and it runs again when the graph resumes.
-                self._tools.pop(run_id, None)
-                run = self._leave(run_id)
+                key = run_id.int
+                self._tools.pop(key, None)
+                run = self._leave(key)
                 if run is not None:
                     if _is_langgraph(error, "GraphInterrupt"):
                         run.note_interrupt(error)
-                    if run.root_id == run_id:
+                    if run.root_id == key:
                         self._end(run, _stats_for_error(error))
                 return
             call_id = kwargs.get("tool_call_id")
             result = _CANCELLED_TOOL if _is_cancellation(error) else _error_text(error)
-            self._tool_done(run_id, result, True, call_id if isinstance(call_id, str) else None)
+            self._tool_done(
+                run_id.int, result, True, call_id if isinstance(call_id, str) else None
+            )
 
     # -- retrievers: tracked only so that runs below them find their audit run ----------
 
@@ -550,14 +572,15 @@ class AuditCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         with self._guard_on_retriever_start:
-            parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
-            if parent is not None and run_id not in self._runs:
-                self._join(parent, run_id)
+            key = run_id.int
+            parent = self._runs.get(parent_run_id.int) if parent_run_id is not None else None
+            if parent is not None and key not in self._runs:
+                self._join(parent, key)
 
     def on_retriever_end(self, documents: Any, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_retriever_end:
-            self._leave(run_id)
+            self._leave(run_id.int)
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_retriever_error:
-            self._leave(run_id)
+            self._leave(run_id.int)
