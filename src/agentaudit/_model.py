@@ -61,6 +61,8 @@ TERMINAL_STATUSES: tuple[RunStatus, ...] = tuple(s for s in RunStatus if s.is_te
 
 
 def _check_count(owner: str, name: str, value: object) -> None:
+    if type(value) is int and value >= 0:  # the common case, in one test
+        return
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{owner}.{name} must be an int, got {type(value).__name__}")
     if value < 0:
@@ -68,6 +70,8 @@ def _check_count(owner: str, name: str, value: object) -> None:
 
 
 def _check_str(owner: str, name: str, value: object, *, empty_ok: bool = True) -> None:
+    if type(value) is str and (empty_ok or (value and not value[0].isspace())):
+        return  # the common case; anything else gets the full checks below
     if not isinstance(value, str):
         raise ValueError(f"{owner}.{name} must be a str, got {type(value).__name__}")
     if not empty_ok and not value.strip():
@@ -97,6 +101,10 @@ class Usage:
     cache_read_tokens: int = 0
 
     def __post_init__(self) -> None:
+        i, o, r, c = self.input_tokens, self.output_tokens, self.reasoning_tokens, self.cache_read_tokens
+        exact = type(i) is int and type(o) is int and type(r) is int and type(c) is int
+        if exact and i >= 0 and o >= 0 and r >= 0 and c >= 0:
+            return  # the common case, without a call per field
         for name in ("input_tokens", "output_tokens", "reasoning_tokens", "cache_read_tokens"):
             _check_count("Usage", name, getattr(self, name))
 
@@ -107,6 +115,8 @@ def canonical_arguments(arguments: str | Mapping[str, Any] | None) -> str:
 
     if arguments is None:
         return "{}"
+    if type(arguments) is dict:  # the common case, before the slower ABC check
+        return canonical_json(arguments)
     if isinstance(arguments, str):
         text = arguments.strip()
         if not text:
@@ -179,6 +189,18 @@ class Response:
     tool_calls: tuple[ToolCall, ...] = ()
 
     def __post_init__(self) -> None:
+        if (
+            type(self.text) is str
+            and type(self.model) is str
+            and type(self.finish_reason) is str
+            and type(self.usage) is Usage
+            and type(self.tool_calls) is tuple
+        ):
+            for call in self.tool_calls:
+                if type(call) is not ToolCall:
+                    break
+            else:
+                return  # the common case: nothing to check or convert
         for name in ("text", "model", "finish_reason"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, "")

@@ -28,10 +28,15 @@ def _count(value: Any) -> int:
     return value
 
 
+def _is_mapping(value: Any) -> bool:
+    # A dict first: isinstance against the Mapping ABC costs far more, every call.
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _detail(details: Any, key: str) -> int:
     """``details[key]`` plus service-tier variants (``priority_cache_read``):
     langchain-openai prefixes the keys for the priority and flex tiers."""
-    if not isinstance(details, Mapping):
+    if not _is_mapping(details):
         return 0
     suffix = "_" + key
     total = 0
@@ -44,7 +49,7 @@ def _detail(details: Any, key: str) -> int:
 def usage_of(usage_metadata: Any, llm_output: Any = None) -> aa.Usage:
     """Token counts from a message's ``usage_metadata``; failing that, from an
     OpenAI-style ``llm_output["token_usage"]``; zeros when the call reported none."""
-    if isinstance(usage_metadata, Mapping):
+    if _is_mapping(usage_metadata):
         return aa.Usage(
             input_tokens=_count(usage_metadata.get("input_tokens")),
             output_tokens=_count(usage_metadata.get("output_tokens")),
@@ -82,7 +87,7 @@ def model_name(provider: str | None, served: str | None, requested: str | None) 
 
 
 def _first_str(mapping: Any, *keys: str) -> str | None:
-    if not isinstance(mapping, Mapping):
+    if not _is_mapping(mapping):
         return None
     for key in keys:
         value = mapping.get(key)
@@ -100,7 +105,7 @@ def _tool_calls(message: Any) -> tuple[aa.ToolCall, ...]:
     out = [
         aa.ToolCall.lenient(call.get("name") or "", call.get("args"), call.get("id"))
         for call in calls
-        if isinstance(call, Mapping)
+        if _is_mapping(call)
     ]
     out.extend(
         aa.ToolCall.lenient(call.get("name") or "", call.get("args"), call.get("id"))
