@@ -33,7 +33,7 @@ SCALING_CONFIGS = ["none", "agentaudit-sqlite", "floor", "langfuse", "langsmith"
 PEERS = ("langfuse", "langsmith", "openinference")
 
 # rounds x runs per block; scaling sizes and their rounds x runs per block
-FULL = {"rounds": 12, "block": 8, "memory_block": 10, "sizes": [3, 5, 10, 25, 50],
+FULL = {"rounds": 24, "block": 4, "memory_block": 10, "sizes": [3, 5, 10, 25, 50],
         "scaling_rounds": 5, "scaling_block": 2}
 QUICK = {"rounds": 5, "block": 4, "memory_block": 5, "sizes": [3, 5, 10, 25, 50],
          "scaling_rounds": 2, "scaling_block": 1}

@@ -152,6 +152,18 @@ def budget(ours: dict[str, Any]) -> str:
             f"({verdict(peer, BUDGET_PEER)}), {floor:.2f}× the floor ({verdict(floor, BUDGET_FLOOR)}).")
 
 
+def cpu_ratios(figures: dict[str, Any]) -> str:
+    """The same comparison on CPU time, which other jobs on a shared machine disturb less
+    than wall time."""
+    ours, floor = figures.get("agentaudit-sqlite"), figures.get("floor")
+    if not ours or not floor or floor["added_thread_ms"] <= 0 or floor["added_process_ms"] <= 0:
+        return ""
+    return (f"On CPU time, which other jobs on the machine disturb less: "
+            f"{ours['added_thread_ms'] / floor['added_thread_ms']:.2f}× the floor's on the agent's "
+            f"thread, {ours['added_process_ms'] / floor['added_process_ms']:.2f}× in the whole "
+            f"process.")
+
+
 def page(lc: dict[str, Any], li: dict[str, Any] | None) -> str:
     m, v, f = lc["machine"], lc["versions"], lc["figures"]
     cheapest = lc["cheapest_peer"]
@@ -187,7 +199,7 @@ Headline (LangChain, 3-step run): agentaudit with the default `SQLiteStore` adds
 its cost, and **{_fmt(ours.get('ratio_to_floor'))}×** the cost of a minimal hand-written sqlite3
 handler that records much less.
 
-{budget(ours)}
+{budget(ours)} {cpu_ratios(f)}
 
 ![Added time per run](img/bench_added_time.png)
 
