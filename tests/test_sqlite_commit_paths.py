@@ -119,3 +119,34 @@ def test_a_wrapping_store_is_not_bypassed_by_the_sqlite_shortcuts(tmp_path: Path
     assert auditor.faults.counts().get("append_log") == 2
     assert inner.get_logs(w.run_id) == []
     inner.close()
+
+
+def test_a_run_written_in_one_batch_has_the_row_of_one_written_in_several(tmp_path: Path) -> None:
+    # A short run's start, events and finish usually land in one transaction, as one
+    # final row; a long run's start, events and finish in several. Same row either way.
+    db = tmp_path / "a.db"
+    store = aa.SQLiteStore(db)
+    auditor = aa.Auditor(store, strict=True)
+    ids = []
+    for split in (False, True):
+        w = auditor.start_run("agent", input="question", metadata={"k": 1}, parent_run_id=None)
+        if split:
+            store.flush()
+        w.on_step(1, RESPONSE)
+        w.on_tool(RESPONSE.tool_calls[0], "found")
+        if split:
+            store.flush()
+        w.on_step(2, aa.Response(text="done", model="p/other", usage=aa.Usage(4, 1)))
+        w.close(aa.RunStats(output="answer"))
+        ids.append(w.run_id)
+    other = raw(db)
+    columns = (
+        "name, caller, parent_run_id, status, input, output, error, tool_calls, steps, "
+        "input_tokens, output_tokens, thinking_tokens, cost_usd, metadata, host, pid, model"
+    )
+    rows = [other.execute(f"SELECT {columns} FROM runs WHERE run_id = ?", (i,)).fetchone() for i in ids]
+    assert rows[0] == rows[1]
+    assert rows[0][3] == "succeeded" and rows[0][-1] == "p/m"  # the first model named
+    for run_id in ids:
+        assert_run_well_formed(store, run_id)
+    store.close()

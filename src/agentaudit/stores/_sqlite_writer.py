@@ -32,10 +32,21 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from .._errors import AgentAuditError, RunNotFoundError, StoreError
-from ._sqlite_rows import INSERT_EVENT, INSERT_RUN, UPDATE_FINISH, event_row, finish_row, run_row
+from .._model import RunStats
+from ._sqlite_rows import (
+    INSERT_EVENT,
+    INSERT_FINISHED_RUN,
+    INSERT_RUN,
+    UPDATE_FINISH,
+    event_row,
+    finish_row,
+    finished_run_row,
+    run_row,
+)
 from ._sqlite_schema import BUSY_TIMEOUT_MS, is_busy
 
 __all__ = [
@@ -471,6 +482,7 @@ class SQLiteWriter:
 
     def _apply(self, conn: sqlite3.Connection, items: list[Item]) -> list[tuple[Ticket, Any, Any]]:
         outcomes: list[tuple[Ticket, Any, Any]] = []
+        whole = _whole_runs(items)
         for op, group in itertools.groupby(items, key=lambda item: item[0]):
             chunk = list(group)
             if op in (OP_EVENT, OP_ROW):
@@ -483,14 +495,36 @@ class SQLiteWriter:
                 models = [
                     (e.payload.get("model", ""), e.run_id)
                     for e in events
-                    if e.event_type == "resolved_model" and isinstance(e.payload.get("model"), str)
+                    if e.event_type == "resolved_model"
+                    and isinstance(e.payload.get("model"), str)
+                    and e.run_id not in whole
                 ]
                 if models:
                     conn.executemany(_SET_MODEL, models)
                 outcomes.extend((t, None, None) for _op, _d, t in chunk if t is not None)
             elif op == OP_START:
-                conn.executemany(INSERT_RUN, [run_row(data) for _op, data, _t in chunk])
+                if whole:
+                    runs = [data for _op, data, _t in chunk]
+                    conn.executemany(
+                        INSERT_RUN, [run_row(run) for run in runs if run.run_id not in whole]
+                    )
+                    conn.executemany(
+                        INSERT_FINISHED_RUN,
+                        [finished_run_row(run, *whole[run.run_id]) for run in runs
+                         if run.run_id in whole],
+                    )
+                else:
+                    conn.executemany(INSERT_RUN, [run_row(data) for _op, data, _t in chunk])
                 outcomes.extend((t, None, None) for _op, _d, t in chunk if t is not None)
+            elif op == OP_FINISH and whole:
+                for item in chunk:
+                    if item[1][0] in whole:  # written with its start
+                        if item[2] is not None:
+                            outcomes.append((item[2], None, None))
+                        continue
+                    outcome = self._apply_single(conn, item)
+                    if outcome is not None:
+                        outcomes.append(outcome)
             else:
                 for item in chunk:
                     outcome = self._apply_single(conn, item)
@@ -574,6 +608,35 @@ class SQLiteWriter:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+
+
+def _whole_runs(items: list[Item]) -> dict[str, tuple[RunStats, datetime, str]]:
+    """Runs whose start and finish are both in ``items``: run id -> (stats, finished
+    at, model), so that each is written as one final row (an insert, not an insert
+    and two updates: a short run's whole life usually lands in one batch). None when
+    the batch holds a maintenance call, which could touch the run in between."""
+    starts: set[str] = set()
+    whole: dict[str, tuple[RunStats, datetime, str]] = {}
+    models: dict[str, str] = {}
+    for op, data, _ticket in items:
+        if op == OP_START:
+            starts.add(data.run_id)
+        elif op == OP_FINISH:
+            if data[0] in starts:
+                whole[data[0]] = (data[1], data[2], "")
+        elif op in (OP_ROW, OP_EVENT):
+            event = data[0] if op == OP_ROW else data
+            if event.event_type == "resolved_model" and event.run_id not in models:
+                model = event.payload.get("model")
+                if isinstance(model, str):
+                    models[event.run_id] = model
+        elif op == OP_CALL:
+            return {}
+    for run_id, model in models.items():
+        found = whole.get(run_id)
+        if found is not None:
+            whole[run_id] = (found[0], found[1], model)
+    return whole
 
 
 # Connections inherited by a forked child: kept referenced so they are never closed
