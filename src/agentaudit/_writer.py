@@ -302,13 +302,13 @@ class Writer:
                 created = datetime.now(timezone.utc)
                 created_text = format_time(created)
                 body = canonical_json(payload)
-                digest = chain_hash(self._prev_hash, run_id, seq, event_type, created_text, body)
-                event = Event(run_id, seq, event_type, payload, created, self._prev_hash, digest)
+                prev = self._prev_hash
+                digest = chain_hash(prev, run_id, seq, event_type, created_text, body)
                 try:
                     if sealed is not None:
-                        sealed(event, body, created_text)
+                        sealed(run_id, seq, event_type, payload, created, created_text, body, prev, digest)
                     else:
-                        store.append_log(event)
+                        store.append_log(Event(run_id, seq, event_type, payload, created, prev, digest))
                 except Exception as exc:
                     # Not taken: the sequence is not advanced, so the log keeps no gap.
                     self._faults.report("append_log", exc, self.run_id)

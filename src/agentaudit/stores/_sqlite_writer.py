@@ -63,7 +63,7 @@ __all__ = [
 
 logger = logging.getLogger("agentaudit")
 
-# OP_ROW: an event with its row already made, as (event, row).
+# OP_ROW: an event as its row already made (see INSERT_EVENT) and its payload.
 OP_START, OP_EVENT, OP_FINISH, OP_FLUSH, OP_CALL, OP_ROW = range(6)
 _OP_NAMES = {OP_START: "run start", OP_EVENT: "event", OP_FINISH: "run finish",
              OP_FLUSH: "flush", OP_CALL: "maintenance", OP_ROW: "event"}
@@ -487,17 +487,18 @@ class SQLiteWriter:
             chunk = list(group)
             if op in (OP_EVENT, OP_ROW):
                 if op == OP_ROW:
-                    events = [data[0] for _op, data, _t in chunk]
-                    conn.executemany(INSERT_EVENT, [data[1] for _op, data, _t in chunk])
+                    rows = [data[0] for _op, data, _t in chunk]
+                    payloads = [data[1] for _op, data, _t in chunk]
                 else:
-                    events = [data for _op, data, _t in chunk]
-                    conn.executemany(INSERT_EVENT, [event_row(e) for e in events])
+                    rows = [event_row(data) for _op, data, _t in chunk]
+                    payloads = [data.payload for _op, data, _t in chunk]
+                conn.executemany(INSERT_EVENT, rows)
                 models = [
-                    (e.payload.get("model", ""), e.run_id)
-                    for e in events
-                    if e.event_type == "resolved_model"
-                    and isinstance(e.payload.get("model"), str)
-                    and e.run_id not in whole
+                    (payload.get("model", ""), row[0])
+                    for row, payload in zip(rows, payloads, strict=True)
+                    if row[2] == "resolved_model"
+                    and isinstance(payload.get("model"), str)
+                    and row[0] not in whole
                 ]
                 if models:
                     conn.executemany(_SET_MODEL, models)
@@ -575,9 +576,10 @@ class SQLiteWriter:
     def _describe(self, item: Item, exc: BaseException) -> str:
         op, data, _ticket = item
         what = _OP_NAMES.get(op, "item")
-        if op in (OP_EVENT, OP_ROW):
-            event = data if op == OP_EVENT else data[0]
-            what = f"event {event.run_id}#{event.sequence}"
+        if op == OP_EVENT:
+            what = f"event {data.run_id}#{data.sequence}"
+        elif op == OP_ROW:
+            what = f"event {data[0][0]}#{data[0][1]}"
         elif op == OP_START:
             what = f"run start {data.run_id}"
         return f"{self._path} refused the {what}: {exc}"
@@ -625,11 +627,14 @@ def _whole_runs(items: list[Item]) -> dict[str, tuple[RunStats, datetime, str]]:
             if data[0] in starts:
                 whole[data[0]] = (data[1], data[2], "")
         elif op in (OP_ROW, OP_EVENT):
-            event = data[0] if op == OP_ROW else data
-            if event.event_type == "resolved_model" and event.run_id not in models:
-                model = event.payload.get("model")
+            if op == OP_ROW:
+                (run_id, _seq, event_type, *_rest), payload = data
+            else:
+                run_id, event_type, payload = data.run_id, data.event_type, data.payload
+            if event_type == "resolved_model" and run_id not in models:
+                model = payload.get("model")
                 if isinstance(model, str):
-                    models[event.run_id] = model
+                    models[run_id] = model
         elif op == OP_CALL:
             return {}
     for run_id, model in models.items():

@@ -234,17 +234,28 @@ class SQLiteStore:
         else:
             self._live_writer().submit(OP_EVENT, event)
 
-    def _append_sealed(self, event: Event, payload_json: str, created_text: str) -> None:
-        """``append_log`` from the Writer, which hands over the event's canonical JSON
-        and time text too (computed for its hash): the row is made here, once."""
+    def _append_sealed(
+        self,
+        run_id: str,
+        sequence: int,
+        event_type: str,
+        payload: dict[str, Any],
+        created_at: datetime,
+        created_text: str,
+        payload_json: str,
+        prev_hash: str,
+        hash_: str,
+    ) -> None:
+        """``append_log`` from the Writer, which hands over the event's fields with its
+        canonical JSON and time text (computed for its hash): the row is made once,
+        and no Event object at all."""
         if self.durability == "sync":
-            self.append_log(event)
+            self.append_log(
+                Event(run_id, sequence, event_type, payload, created_at, prev_hash, hash_)
+            )
             return
-        row = (
-            event.run_id, event.sequence, event.event_type, payload_json, created_text,
-            event.prev_hash, event.hash,
-        )
-        self._live_writer().submit(OP_ROW, (event, row))
+        row = (run_id, sequence, event_type, payload_json, created_text, prev_hash, hash_)
+        self._live_writer().submit(OP_ROW, (row, payload))
 
     def finish_run(self, run_id: str, stats: RunStats, finished_at: datetime) -> None:
         if not isinstance(stats, RunStats):
