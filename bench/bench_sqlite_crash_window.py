@@ -41,10 +41,10 @@ CHILD = textwrap.dedent(
     from agentaudit.stores.sqlite import SQLiteStore
 
     path, shared, burst, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    slots = int(sys.argv[5])
+    slots, commit_delay = int(sys.argv[5]), float(sys.argv[6])
     with open(shared, "r+b") as fh:
         acks = mmap.mmap(fh.fileno(), 0)
-    store = SQLiteStore(path)
+    store = SQLiteStore(path, commit_delay=commit_delay)
     store.start_run(aa.Run(run_id="victim", name="crash", started_at=datetime.now(timezone.utc)))
     payload = {"iter": 0, "text": "narration " * 20, "in_tokens": 100, "out_tokens": 20}
     seq = 0
@@ -67,14 +67,14 @@ PACES = [
 ]
 
 
-def trial(directory: Path, burst: int, pause: float) -> tuple[int, float]:
+def trial(directory: Path, burst: int, pause: float, commit_delay: float) -> tuple[int, float]:
     """(events lost, window in ms) of one SIGKILL."""
     db = directory / "victim.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     shared = directory / "acks.bin"
     shared.write_bytes(b"\0" * SLOTS * 8)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(shared), str(burst), str(pause), str(SLOTS)])
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(shared), str(burst), str(pause), str(SLOTS), str(commit_delay)])
     with open(shared, "r+b") as fh:
         acks = mmap.mmap(fh.fileno(), 0)
     deadline = time.time() + 20
@@ -104,18 +104,25 @@ def trial(directory: Path, burst: int, pause: float) -> tuple[int, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--commit-delay", type=float, nargs="+", default=[0.02, 0.0],
+                        help="SQLiteStore(commit_delay=...) values to measure, in seconds")
     args = parser.parse_args()
-    print(f"SQLiteStore crash window (batched, SIGKILL), {args.trials} kills per pace, "
-          f"SQLite {sqlite3.sqlite_version}")
+    for commit_delay in args.commit_delay:
+        measure(args.trials, commit_delay)
+    return 0
+
+
+def measure(trials: int, commit_delay: float) -> None:
+    print(f"SQLiteStore crash window (batched, commit_delay={commit_delay * 1000:g} ms, SIGKILL), "
+          f"{trials} kills per pace, SQLite {sqlite3.sqlite_version}")
     print(f"  {'pace':<36} {'lost events (median / max)':>28} {'window ms (median / max)':>26}")
     with tempfile.TemporaryDirectory(prefix="aa-crash-") as tmp:
         for label, burst, pause in PACES:
-            results = [trial(Path(tmp), burst, pause) for _ in range(args.trials)]
+            results = [trial(Path(tmp), burst, pause, commit_delay) for _ in range(trials)]
             lost = [r[0] for r in results]
             window = [r[1] for r in results]
             print(f"  {label:<36} {statistics.median(lost):>14.0f} / {max(lost):<11} "
                   f"{statistics.median(window):>12.1f} / {max(window):<.1f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -48,6 +48,32 @@ def test_events_of_an_open_run_reach_the_file_without_a_close_or_a_read(tmp_path
     store.close()
 
 
+def test_commit_delay_holds_events_nobody_waits_for_until_it_passes(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    store = aa.SQLiteStore(db, commit_delay=60.0)  # longer than this test
+    w = aa.Auditor(store).start_run("agent", parent_run_id=None)
+    w.on_step(1, RESPONSE)
+    time.sleep(0.2)
+    other = raw(db)
+    assert other.execute("SELECT count(*) FROM events").fetchone()[0] == 0  # still queued
+    store.flush()  # somebody waits now: committed at once
+    assert other.execute("SELECT count(*) FROM events").fetchone()[0] == 2
+    w.close()
+    assert other.execute("SELECT status FROM runs").fetchone()[0] == "succeeded"
+    other.close()
+    store.close()
+
+
+def test_commit_delay_zero_commits_each_event_without_waiting(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    store = aa.SQLiteStore(db, commit_delay=0)
+    w = aa.Auditor(store).start_run("agent", parent_run_id=None)
+    w.on_step(1, RESPONSE)
+    assert wait_for("SELECT count(*) FROM events", db, 2, seconds=5.0) == 2
+    w.close()
+    store.close()
+
+
 def test_close_while_another_process_holds_the_file_is_bounded_and_the_finish_lands(
     tmp_path: Path,
 ) -> None:

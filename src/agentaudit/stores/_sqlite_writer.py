@@ -144,6 +144,7 @@ class SQLiteWriter:
         max_queue: int,
         queue_timeout: float,
         max_batch: int = 5000,
+        commit_delay: float = COMMIT_DELAY,
         connection: sqlite3.Connection | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> None:
@@ -158,7 +159,7 @@ class SQLiteWriter:
         self._wake = threading.Event()
         self._signalled = False  # the writer was woken for the items queued now
         self._urgent = False  # an item is waited for: commit without delay
-        self.commit_delay = COMMIT_DELAY
+        self.commit_delay = commit_delay
         self._first_queued = 0.0  # when the queue last went from empty to not
         self._space = threading.Event()
         self._inflight = False

@@ -46,6 +46,7 @@ from ._sqlite_rows import (
 from ._sqlite_schema import connect, create_private_file, migrate
 from ._sqlite_writer import (
     _FORK_LEFTOVERS,
+    COMMIT_DELAY,
     OP_CALL,
     OP_EVENT,
     OP_FINISH,
@@ -75,14 +76,17 @@ class SQLiteStore:
     """Runs and events in one SQLite file (WAL, batched background writes).
 
     ``durability="batched"`` (the default) returns from a hook once the event is
-    queued; the writer commits within milliseconds with ``synchronous=NORMAL``, so a
-    killed process loses only what was still queued. ``"sync"`` commits each write
+    queued; the writer commits with ``synchronous=NORMAL``, an event at most about
+    ``commit_delay`` seconds (default 0.02) after it was queued, and a run's finish at
+    once, so a killed process loses only what was still queued. ``"sync"`` commits each write
     before the hook returns, with ``synchronous=FULL`` (survives power loss too).
 
     ``max_queue`` bounds the events waiting to be written; an append that finds it
     full waits up to ``queue_timeout`` seconds, then raises `StoreError` (the
     writer counts the event as dropped). ``close_timeout`` bounds the final flush of
-    `close` and of the exit hook. ``create=False`` refuses a missing file
+    `close` and of the exit hook. ``commit_delay`` trades the crash window against
+    the agent's thread: smaller commits events sooner, in more, smaller transactions
+    (0 commits each at once). ``create=False`` refuses a missing file
     instead of creating it (the CLI reads with it).
     """
 
@@ -95,6 +99,7 @@ class SQLiteStore:
         queue_timeout: float = 1.0,
         sync_timeout: float = 5.0,
         close_timeout: float = 5.0,
+        commit_delay: float = COMMIT_DELAY,
         create: bool = True,
     ) -> None:
         path = os.fspath(path)
@@ -110,6 +115,7 @@ class SQLiteStore:
             ("queue_timeout", queue_timeout),
             ("sync_timeout", sync_timeout),
             ("close_timeout", close_timeout),
+            ("commit_delay", commit_delay),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
@@ -119,6 +125,7 @@ class SQLiteStore:
         self.queue_timeout = float(queue_timeout)
         self.sync_timeout = float(sync_timeout)
         self.close_timeout = float(close_timeout)
+        self.commit_delay = float(commit_delay)
         self._synchronous = "FULL" if durability == "sync" else "NORMAL"
         self._closed = False
         self._close_lock = threading.Lock()
@@ -163,6 +170,7 @@ class SQLiteStore:
             path=self.path,
             max_queue=self.max_queue,
             queue_timeout=self.queue_timeout,
+            commit_delay=self.commit_delay,
             connection=conn,
             on_start=self._flush_at_process_exit,
         )
