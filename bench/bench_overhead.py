@@ -41,73 +41,16 @@ from collections.abc import Callable
 from typing import Any
 
 from floor_handler import FloorHandler  # the bench helper's floor, shared by every bench
-from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.tools import tool
+from lc_agent import agent_input, build_agent
 
 import agentaudit as aa
 from agentaudit_langchain import AuditCallbackHandler
 
-# -- the agent --------------------------------------------------------------------------
-
-
-def _ai(text: str, calls: list[tuple[str, dict[str, Any], str]], tokens: tuple[int, int]) -> AIMessage:
-    return AIMessage(
-        content=text,
-        tool_calls=[{"name": n, "args": a, "id": i, "type": "tool_call"} for n, a, i in calls],
-        usage_metadata={
-            "input_tokens": tokens[0],
-            "output_tokens": tokens[1],
-            "total_tokens": sum(tokens),
-        },
-        response_metadata={"model_name": "scripted-1", "finish_reason": "tool_calls" if calls else "stop"},
-    )
-
-
-TURNS = (
-    _ai("Let me check the weather in Paris first.", [("get_weather", {"city": "Paris"}, "c1")], (120, 20)),
-    _ai("Now the sum.", [("add", {"a": 2, "b": 3}, "c2")], (160, 18)),
-    _ai("Paris is sunny and 2+3=5.", [], (200, 12)),
-)
-
-
-class ScriptedChatModel(BaseChatModel):
-    """Answers turn k of a conversation (k = AI messages so far) with ``TURNS[k]``."""
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted"
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:
-        return self
-
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
-        k = sum(1 for m in messages if isinstance(m, AIMessage))
-        return ChatResult(generations=[ChatGeneration(message=TURNS[k].model_copy())])
-
-
-@tool
-def get_weather(city: str) -> str:
-    """Get the weather for a city."""
-    return f"sunny in {city}"
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-
-
-def build_agent() -> Any:
-    return create_agent(ScriptedChatModel(), tools=[get_weather, add], name="bench_agent")
-
+# -- the agent: the same scripted 3-step agent as bench_langchain.py ------------------
 
 ROWS_PER_FLOOR_RUN = 3 + 2 * 2  # a row per step, two per tool call
-QUESTION = {"messages": [{"role": "user", "content": "weather in Paris, and 2+3?"}]}
+QUESTION = agent_input()
 
 # -- configurations ---------------------------------------------------------------------
 
