@@ -10,21 +10,17 @@ Run: .venv/bin/python bench/bench_langchain.py [--quick] [--out bench/results/la
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
-import env_info
+import harness
 
 HERE = Path(__file__).resolve().parent
 MAIN_CONFIGS = ["none", "null", "agentaudit-sqlite", "agentaudit-memory", "agentaudit-sqlite-sync",
@@ -55,7 +51,6 @@ def _quiet() -> None:
 def worker(settings: dict[str, Any], seed: int) -> dict[str, Any]:
     """One measuring process: the main rounds, peak memory, then the scaling rounds."""
     _quiet()
-    import harness
     from dummy_client import DummyServer
     from lc_agent import agent_input, build_agent
     from lc_configs import events_per_run, make_configs, workdir
@@ -128,7 +123,6 @@ def _median_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
 
 
 def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
-    import harness
 
     missing: dict[str, str | None] = {}
     for result in results:
@@ -159,37 +153,10 @@ def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (about a minute)")
-    parser.add_argument("--processes", type=int, default=None,
-                        help="measuring processes (default 3, 1 with --quick)")
-    parser.add_argument("--out", default=str(HERE / "results" / "langchain.json"))
-    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    settings = QUICK if args.quick else FULL
-    if args.processes is None:
-        args.processes = 1 if args.quick else 3
-    if args.worker is not None:
-        json.dump(worker(settings, args.worker), sys.stdout)
-        return
-
-    started = time.time()
-    results = []
-    for i in range(args.processes):
-        print(f"langchain: process {i + 1}/{args.processes}", file=sys.stderr, flush=True)
-        cmd = [sys.executable, __file__, "--worker", str(i)] + (["--quick"] if args.quick else [])
-        done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
-        results.append(json.loads(done.stdout))
-    combined = combine(results)
-    combined.update({"settings": settings, "processes": args.processes, "quick": args.quick,
-                     "machine": env_info.machine(), "versions": env_info.versions(),
-                     "elapsed_s": round(time.time() - started, 1),
-                     "date": time.strftime("%Y-%m-%d %H:%M:%S")})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(combined, indent=2) + "\n")
-    print_table(combined)
-    print(f"written {out} in {combined['elapsed_s']} s", file=sys.stderr)
+    harness.main_in_processes(
+        label="langchain", script=__file__, default_out=str(HERE / "results" / "langchain.json"),
+        worker=worker, combine_results=combine, settings=(QUICK, FULL), print_table=print_table,
+    )
 
 
 def print_table(result: dict[str, Any]) -> None:

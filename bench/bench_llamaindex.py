@@ -7,14 +7,10 @@ Run: .venv/bin/python bench/bench_llamaindex.py [--quick] [--out bench/results/l
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -22,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import env_info
+import harness
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = ["none", "agentaudit-sqlite", "agentaudit-memory", "openinference"]
@@ -34,7 +30,6 @@ N_STEPS = 3
 def worker(settings: dict[str, Any], seed: int) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
-    import harness
     from li_agent import QUESTION, build_agent, make_configs
 
     files = tempfile.mkdtemp(prefix="agentaudit-bench-li-")
@@ -75,7 +70,6 @@ def worker(settings: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
-    import harness
 
     missing: dict[str, str] = {}
     for result in results:
@@ -109,36 +103,11 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds")
-    parser.add_argument("--processes", type=int, default=None,
-                        help="measuring processes (default 3, 1 with --quick)")
-    parser.add_argument("--out", default=str(HERE / "results" / "llamaindex.json"))
-    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    settings = QUICK if args.quick else FULL
-    if args.processes is None:
-        args.processes = 1 if args.quick else 3
-    if args.worker is not None:
-        json.dump(worker(settings, args.worker), sys.stdout)
-        return
-    started = time.time()
-    results = []
-    for i in range(args.processes):
-        print(f"llamaindex: process {i + 1}/{args.processes}", file=sys.stderr, flush=True)
-        cmd = [sys.executable, __file__, "--worker", str(i)] + (["--quick"] if args.quick else [])
-        done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
-        results.append(json.loads(done.stdout))
-    combined = combine(results)
-    combined.update({"settings": settings, "processes": args.processes, "quick": args.quick,
-                     "n_steps": N_STEPS, "machine": env_info.machine(),
-                     "versions": env_info.versions(), "elapsed_s": round(time.time() - started, 1),
-                     "date": time.strftime("%Y-%m-%d %H:%M:%S")})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(combined, indent=2) + "\n")
-    print_table(combined)
-    print(f"written {out} in {combined['elapsed_s']} s", file=sys.stderr)
+    harness.main_in_processes(
+        label="llamaindex", script=__file__, default_out=str(HERE / "results" / "llamaindex.json"),
+        worker=worker, combine_results=combine, settings=(QUICK, FULL), print_table=print_table,
+        extra={"n_steps": N_STEPS},
+    )
 
 
 if __name__ == "__main__":

@@ -96,3 +96,56 @@ def combine(per_process: Sequence[dict[str, dict[str, float]]]) -> dict[str, dic
             out[name][key] = statistics.median(values)
             out[name][key + "_per_process"] = values
     return out
+
+
+def main_in_processes(
+    *,
+    label: str,
+    script: str,
+    default_out: str,
+    worker: Callable[[dict[str, Any], int], dict[str, Any]],
+    combine_results: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    settings: tuple[dict[str, Any], dict[str, Any]],
+    print_table: Callable[[dict[str, Any]], None],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The command line every scenario shares: measure in separate processes (each a
+    ``--worker``), combine their medians, write the JSON, print the table.
+    ``settings`` is (quick, full)."""
+    import argparse
+    import json
+    import subprocess
+    from pathlib import Path
+
+    import env_info
+
+    parser = argparse.ArgumentParser(description=f"{label} overhead benchmark")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, one process")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="measuring processes (default 3, 1 with --quick)")
+    parser.add_argument("--out", default=default_out)
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    chosen = settings[0] if args.quick else settings[1]
+    processes = args.processes if args.processes is not None else (1 if args.quick else 3)
+    if args.worker is not None:
+        json.dump(worker(chosen, args.worker), sys.stdout)
+        return
+    started = time.time()
+    results = []
+    for i in range(processes):
+        print(f"{label}: process {i + 1}/{processes}", file=sys.stderr, flush=True)
+        cmd = [sys.executable, script, "--worker", str(i)] + (["--quick"] if args.quick else [])
+        done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+        results.append(json.loads(done.stdout))
+    combined = combine_results(results)
+    combined.update({"settings": chosen, "processes": processes, "quick": args.quick,
+                     **(extra or {}), "machine": env_info.machine(),
+                     "versions": env_info.versions(),
+                     "elapsed_s": round(time.time() - started, 1),
+                     "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(combined, indent=2) + "\n")
+    print_table(combined)
+    print(f"written {out} in {combined['elapsed_s']} s", file=sys.stderr)
