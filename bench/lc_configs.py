@@ -185,32 +185,21 @@ class OpenInference(Config):
     def __init__(self) -> None:
         super().__init__()
         from openinference.instrumentation.langchain import LangChainInstrumentor
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from otel_spans import InMemorySpans
 
-        self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider()
-        self.provider.add_span_processor(BatchSpanProcessor(self.exporter))
-        self.instrumentor = LangChainInstrumentor()
-        self.roots = 0
+        self.spans = InMemorySpans(LangChainInstrumentor())
 
     def begin_block(self) -> None:
-        self.instrumentor.instrument(tracer_provider=self.provider)
+        self.spans.begin()
 
     def end_block(self) -> None:
-        self.instrumentor.uninstrument()
-        self.provider.force_flush()
-        spans = self.exporter.get_finished_spans()
-        self.roots += sum(1 for s in spans if s.parent is None)
-        self.exporter.clear()
+        self.spans.end()
 
     def missing(self) -> str | None:
-        return None if self.roots == len(self.run_ids) else (
-            f"{self.roots} root spans exported for {len(self.run_ids)} runs")
+        return self.spans.missing(len(self.run_ids))
 
     def close(self) -> None:
-        self.provider.shutdown()
+        self.spans.close()
 
 
 def events_per_run(n_steps: int) -> int:
