@@ -11,7 +11,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import agentaudit as aa
+from agentaudit.stores import _sqlite_writer
 from agentaudit.testing import BlockingStore, RaisingStore, assert_run_well_formed
 
 RESPONSE = aa.Response(
@@ -176,3 +179,26 @@ def test_a_run_written_in_one_batch_has_the_row_of_one_written_in_several(tmp_pa
     for run_id in ids:
         assert_run_well_formed(store, run_id)
     store.close()
+
+
+def test_the_wal_stays_bounded_while_runs_close_back_to_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Closing threads commit and never checkpoint; the writer thread copies the WAL
+    # into the file behind them. Thresholds made small so a few hundred runs cross them.
+    monkeypatch.setattr(_sqlite_writer, "CHECKPOINT_INTERVAL", 0.0)
+    monkeypatch.setattr(_sqlite_writer, "RESTART_FRAMES", 100)
+    db = tmp_path / "a.db"
+    store = aa.SQLiteStore(db)
+    auditor = aa.Auditor(store)
+    runs = 400  # ~13 pages each: about 21 MB of WAL if nothing were ever copied back
+    for i in range(runs):
+        time.sleep(0.001)  # the model call
+        with auditor.run(f"agent-{i}", parent_run_id=None) as w:
+            w.on_step(1, RESPONSE)
+            w.on_tool(RESPONSE.tool_calls[0], "found")
+    wal = Path(f"{db}-wal")
+    assert wal.stat().st_size < 5_000_000
+    assert wait_for("SELECT count(*) FROM runs WHERE status = 'succeeded'", db, runs) == runs
+    store.close()
+    assert aa.SQLiteStore(db).count_runs() == runs

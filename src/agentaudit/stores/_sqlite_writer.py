@@ -47,7 +47,7 @@ from ._sqlite_rows import (
     finished_run_row,
     run_row,
 )
-from ._sqlite_schema import BUSY_TIMEOUT_MS, is_busy
+from ._sqlite_schema import is_busy
 
 __all__ = [
     "OP_CALL",
@@ -78,6 +78,19 @@ _URGENT_LENGTH = 1000
 # After its last item, the writer keeps looking every COMMIT_DELAY for this long
 # instead of sleeping until woken: back-to-back runs then cost it no wake-up each.
 _STAY_AWAKE = 0.5
+# The writing connections never checkpoint the WAL: a checkpoint takes milliseconds
+# and two fsyncs, which SQLite would charge to whichever commit crossed its threshold,
+# often a run's close on the agent's thread. The writer thread does it instead, on a
+# connection of its own, without the GIL: every CHECKPOINT_INTERVAL while commits
+# come in, small enough to finish between two of them (only then can the next commit
+# start the WAL over), and a RESTART, which waits for no reader but takes the write
+# lock, when the WAL still grew past RESTART_FRAMES pages.
+CHECKPOINT_INTERVAL = 0.05
+RESTART_FRAMES = 2000
+_RESTART_WAIT_MS = 50
+# The longest pause between the writer thread's attempts on a file another process
+# has locked (SQLite's own busy handler, which the writer does not use, sleeps <= 100 ms).
+_MAX_RETRY_DELAY = 0.05
 
 _SET_MODEL = "UPDATE runs SET model = ? WHERE run_id = ? AND model = ''"
 
@@ -177,6 +190,10 @@ class SQLiteWriter:
         self.dropped = 0  # events refused because the queue stayed full
         self.failed = 0  # items the database refused (logged once per kind)
         self.committed_batches = 0
+        self._uncheckpointed = 0  # commits since the last checkpoint (under _commit_lock)
+        self._last_checkpoint = 0.0
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self.checkpoints = 0
         self._logged: set[str] = set()
 
     # -- caller side ---------------------------------------------------------------
@@ -258,11 +275,9 @@ class SQLiteWriter:
         self._space.set()
         try:
             try:
-                conn.execute("PRAGMA busy_timeout = 0")
-                try:
-                    done = self._commit(conn, batch, here=True)
-                finally:
-                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                # The connection's busy timeout is 0: a lock held by another process
+                # fails this at once, and the item goes to the writer thread.
+                done = self._commit(conn, batch, here=True)
             except Exception:  # the writer thread retries, and reports what it finds
                 done = False
             if not done:
@@ -330,8 +345,10 @@ class SQLiteWriter:
         connection belongs to the parent. Forget both without touching the file."""
         self._fatal = StoreError("writer inherited across fork")
         self._pending.clear()
-        _FORK_LEFTOVERS.append(self._conn)  # never closed here: it is the parent's
+        # Never closed here: they are the parent's.
+        _FORK_LEFTOVERS.extend((self._conn, self._checkpoint_conn))
         self._conn = None
+        self._checkpoint_conn = None
 
     def _unavailable(self) -> str:
         if self._fatal is not None:
@@ -344,6 +361,11 @@ class SQLiteWriter:
                 return
             if self._conn is None:
                 self._conn = self._connect()
+            # No busy handler: the writer thread retries a locked file itself (with
+            # back-off), and a closing thread's commit must not wait at all. No
+            # automatic checkpoints either (see CHECKPOINT_EVERY).
+            self._conn.execute("PRAGMA busy_timeout = 0")
+            self._conn.execute("PRAGMA wal_autocheckpoint = 0")
             thread = threading.Thread(target=self._loop, name="agentaudit-sqlite-writer", daemon=True)
             thread.start()
             self._thread = thread
@@ -364,6 +386,8 @@ class SQLiteWriter:
                     now = time.monotonic()
                     if idle_since is None:
                         idle_since = now
+                    if self._uncheckpointed and now - self._last_checkpoint >= CHECKPOINT_INTERVAL:
+                        self._checkpoint(now)
                     if now - idle_since < _STAY_AWAKE:
                         # Busy lately (runs closing here commit themselves): look
                         # again in a moment rather than be woken by every new run.
@@ -400,11 +424,36 @@ class SQLiteWriter:
             with self._commit_lock:  # not while a closing thread is writing
                 self._space.set()
                 self._fail_pending()
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
+                for each in (self._checkpoint_conn, conn):
+                    try:
+                        if each is not None:
+                            each.close()
+                    except sqlite3.Error:
+                        pass
+                self._checkpoint_conn = None
                 self._conn = None
+
+    def _checkpoint(self, now: float) -> None:
+        """Copy the WAL's committed pages into the database file (see
+        CHECKPOINT_INTERVAL)."""
+        self._uncheckpointed = 0
+        self._last_checkpoint = now
+        try:
+            conn = self._checkpoint_conn
+            if conn is None:
+                # Its busy timeout only applies to the RESTART: long enough to get
+                # between two commits, short enough not to stall them for long.
+                conn = self._checkpoint_conn = self._connect()
+                conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
+            _busy, log, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if log >= RESTART_FRAMES and copied == log:
+                # Still busy after the wait is fine: the next interval tries again.
+                conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            self.checkpoints += 1
+        except sqlite3.Error as exc:  # a reader in the way, or a full disk: try again later
+            if "checkpoint" not in self._logged:
+                self._logged.add("checkpoint")
+                logger.warning("agentaudit: checkpoint of %s failed: %s (retried later)", self._path, exc)
 
     def _linger(self) -> bool:
         """Wait until the oldest queued item is ``commit_delay`` old, unless one is
@@ -457,7 +506,7 @@ class SQLiteWriter:
                     self._give_up(batch, exc)
                     return True
                 time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
                 continue
             live = [item for item in batch if item[2] is None or item[2].claim()]
             try:
@@ -470,6 +519,7 @@ class SQLiteWriter:
                     return False
                 if is_busy(exc):
                     time.sleep(delay)
+                    delay = min(delay * 2, _MAX_RETRY_DELAY)
                     continue
                 if isolate:
                     raise
@@ -477,6 +527,7 @@ class SQLiteWriter:
                 isolate = True
                 continue
             self.committed_batches += 1
+            self._uncheckpointed += 1
             for ticket, result, error in outcomes:
                 ticket.settle(result, error)
             return True
@@ -507,14 +558,13 @@ class SQLiteWriter:
             elif op == OP_START:
                 if whole:
                     runs = [data for _op, data, _t in chunk]
-                    conn.executemany(
-                        INSERT_RUN, [run_row(run) for run in runs if run.run_id not in whole]
-                    )
-                    conn.executemany(
-                        INSERT_FINISHED_RUN,
-                        [finished_run_row(run, *whole[run.run_id]) for run in runs
-                         if run.run_id in whole],
-                    )
+                    started = [run_row(run) for run in runs if run.run_id not in whole]
+                    if started:
+                        conn.executemany(INSERT_RUN, started)
+                    finished = [finished_run_row(run, *whole[run.run_id]) for run in runs
+                                if run.run_id in whole]
+                    if finished:
+                        conn.executemany(INSERT_FINISHED_RUN, finished)
                 else:
                     conn.executemany(INSERT_RUN, [run_row(data) for _op, data, _t in chunk])
                 outcomes.extend((t, None, None) for _op, _d, t in chunk if t is not None)
