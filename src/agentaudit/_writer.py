@@ -73,9 +73,9 @@ class Writer:
         finish_timeout: float = DEFAULT_FINISH_TIMEOUT,
     ) -> None:
         self._store = store
-        # A store that takes an event with its stored JSON and time text (SQLiteStore)
-        # is spared encoding each payload a second time.
-        self._append_sealed = store_fast_path(store, "_append_sealed", "append_log")
+        # A store that seals events itself, later and in batches (SQLiteStore, when
+        # it commits them), takes them unsealed: see _append and _seal.
+        self._append_deferred = store_fast_path(store, "_append_deferred", "append_log")
         self.run_id = run_id
         self._policy = redaction or _DEFAULT_POLICY
         self._pricing = pricing
@@ -294,27 +294,54 @@ class Writer:
     # -- sealing ----------------------------------------------------------------------
     def _append(self, *items: tuple[str, dict[str, Any]]) -> None:
         store = self._store
-        sealed = self._append_sealed
         run_id = self.run_id
         with self._lock:
+            created = datetime.now(timezone.utc)
+            deferred = self._append_deferred
+            if deferred is not None:
+                # The store calls _seal when it takes these for a commit: the JSON, the
+                # time text and the hash are made there, in a batch, not here on the
+                # agent's thread one event at a time.
+                try:
+                    if deferred(self._seal, items, created):
+                        return
+                except Exception as exc:
+                    self._faults.report("append_log", exc, run_id)
+                    return
+            created_text = format_time(created)
             for event_type, payload in items:
                 seq = self._seq + 1
-                created = datetime.now(timezone.utc)
-                created_text = format_time(created)
                 body = canonical_json(payload)
                 prev = self._prev_hash
                 digest = chain_hash(prev, run_id, seq, event_type, created_text, body)
                 try:
-                    if sealed is not None:
-                        sealed(run_id, seq, event_type, payload, created, created_text, body, prev, digest)
-                    else:
-                        store.append_log(Event(run_id, seq, event_type, payload, created, prev, digest))
+                    store.append_log(Event(run_id, seq, event_type, payload, created, prev, digest))
                 except Exception as exc:
                     # Not taken: the sequence is not advanced, so the log keeps no gap.
                     self._faults.report("append_log", exc, self.run_id)
                     continue
                 self._seq = seq
                 self._prev_hash = digest
+
+    def _seal(
+        self, items: tuple[tuple[str, dict[str, Any]], ...], created: datetime
+    ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        """The stored rows of events handed to ``_append_deferred``: (run id, sequence,
+        type, payload JSON, time text, previous hash, hash) and the payload. The store
+        calls it once per hand-over, in the order they were handed over, one call at a
+        time (so the chain needs no lock of its own)."""
+        run_id = self.run_id
+        created_text = format_time(created)
+        rows = []
+        for event_type, payload in items:
+            seq = self._seq + 1
+            body = canonical_json(payload)
+            prev = self._prev_hash
+            digest = chain_hash(prev, run_id, seq, event_type, created_text, body)
+            rows.append(((run_id, seq, event_type, body, created_text, prev, digest), payload))
+            self._seq = seq
+            self._prev_hash = digest
+        return rows
 
     # -- closing ----------------------------------------------------------------------
     def _resolve(self, stats: RunStats | None) -> RunStats | None:

@@ -55,6 +55,7 @@ __all__ = [
     "OP_FINISH",
     "OP_FLUSH",
     "OP_ROW",
+    "OP_SEAL",
     "OP_START",
     "CommitTimeout",
     "SQLiteWriter",
@@ -64,9 +65,11 @@ __all__ = [
 logger = logging.getLogger("agentaudit")
 
 # OP_ROW: an event as its row already made (see INSERT_EVENT) and its payload.
-OP_START, OP_EVENT, OP_FINISH, OP_FLUSH, OP_CALL, OP_ROW = range(6)
+# OP_SEAL: (seal, items, created_at), events a Writer handed over unsealed: taking
+# them for a commit turns them into OP_ROW items with seal(items, created_at).
+OP_START, OP_EVENT, OP_FINISH, OP_FLUSH, OP_CALL, OP_ROW, OP_SEAL = range(7)
 _OP_NAMES = {OP_START: "run start", OP_EVENT: "event", OP_FINISH: "run finish",
-             OP_FLUSH: "flush", OP_CALL: "maintenance", OP_ROW: "event"}
+             OP_FLUSH: "flush", OP_CALL: "maintenance", OP_ROW: "event", OP_SEAL: "event"}
 
 # (op, data, ticket or None)
 Item = tuple[int, Any, "Ticket | None"]
@@ -472,9 +475,22 @@ class SQLiteWriter:
         return self._stopping and self._deadline is not None and time.monotonic() > self._deadline
 
     def _take(self) -> list[Item]:
+        """Up to ``max_batch`` items off the queue, unsealed events sealed: once taken
+        they are rows, so a batch put back (a busy file) is not sealed twice."""
         pending = self._pending
         count = min(len(pending), self.max_batch)
-        return [pending.popleft() for _ in range(count)]
+        batch: list[Item] = []
+        for _ in range(count):
+            item = pending.popleft()
+            if item[0] != OP_SEAL:
+                batch.append(item)
+                continue
+            seal, events, created_at = item[1]
+            try:
+                batch.extend((OP_ROW, row, None) for row in seal(events, created_at))
+            except Exception as exc:  # a bug in the sealer: costs its events only
+                self._refused(item, exc)
+        return batch
 
     def _fail_pending(self) -> None:
         left = 0
@@ -631,6 +647,8 @@ class SQLiteWriter:
             what = f"event {data.run_id}#{data.sequence}"
         elif op == OP_ROW:
             what = f"event {data[0][0]}#{data[0][1]}"
+        elif op == OP_SEAL:
+            what = f"events {[event_type for event_type, _payload in data[1]]}"
         elif op == OP_START:
             what = f"run start {data.run_id}"
         return f"{self._path} refused the {what}: {exc}"

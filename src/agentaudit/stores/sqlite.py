@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -51,7 +51,7 @@ from ._sqlite_writer import (
     OP_EVENT,
     OP_FINISH,
     OP_FLUSH,
-    OP_ROW,
+    OP_SEAL,
     OP_START,
     SQLiteWriter,
     Ticket,
@@ -242,28 +242,20 @@ class SQLiteStore:
         else:
             self._live_writer().submit(OP_EVENT, event)
 
-    def _append_sealed(
+    def _append_deferred(
         self,
-        run_id: str,
-        sequence: int,
-        event_type: str,
-        payload: dict[str, Any],
+        seal: Callable[[Any, datetime], list[tuple[tuple[Any, ...], dict[str, Any]]]],
+        items: Any,
         created_at: datetime,
-        created_text: str,
-        payload_json: str,
-        prev_hash: str,
-        hash_: str,
-    ) -> None:
-        """``append_log`` from the Writer, which hands over the event's fields with its
-        canonical JSON and time text (computed for its hash): the row is made once,
-        and no Event object at all."""
+    ) -> bool:
+        """``append_log`` from the Writer, unsealed: ``seal(items, created_at)`` makes
+        the rows (JSON, time text, hash chain) when the writer takes them for a commit,
+        in a batch. False in sync mode, where each event is committed before its
+        append returns: the Writer then seals and appends them one by one."""
         if self.durability == "sync":
-            self.append_log(
-                Event(run_id, sequence, event_type, payload, created_at, prev_hash, hash_)
-            )
-            return
-        row = (run_id, sequence, event_type, payload_json, created_text, prev_hash, hash_)
-        self._live_writer().submit(OP_ROW, (row, payload))
+            return False
+        self._live_writer().submit(OP_SEAL, (seal, items, created_at))
+        return True
 
     def finish_run(self, run_id: str, stats: RunStats, finished_at: datetime) -> None:
         if not isinstance(stats, RunStats):
