@@ -18,6 +18,7 @@ import pytest
 
 import agentaudit as aa
 from agentaudit.stores import _sqlite_schema
+from agentaudit.stores import sqlite as sqlite_store_module
 from agentaudit.stores.sqlite import SQLiteStore
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -229,6 +230,37 @@ def test_an_older_file_is_upgraded_on_open_and_keeps_its_data(
     conn = raw(db)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == old_version + 1
     assert conn.execute("SELECT labels FROM runs").fetchone()[0] == "[]"
+
+
+def test_a_version_1_file_gets_partial_indexes_and_its_filters_stay_indexed(db: Path) -> None:
+    conn = raw(db)
+    conn.execute("BEGIN")
+    _sqlite_schema.MIGRATIONS[0](conn)  # the file as the first release left it
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("COMMIT")
+    conn.close()
+    with SQLiteStore(db) as store:
+        store.start_run(make_run("r-alice", caller="alice"))
+        store.start_run(make_run("r-child", parent_run_id="r-alice"))
+        store.start_run(make_run("r-plain"))
+        store.finish_run("r-child", aa.RunStats(status="failed", error="x"), T0)
+        store.finish_run("r-plain", aa.RunStats(), T0)
+        assert [r.run_id for r in store.list_runs(aa.RunFilter(caller="alice"))] == ["r-alice"]
+        assert [r.run_id for r in store.list_runs(aa.RunFilter(status="failed"))] == ["r-child"]
+        assert [r.run_id for r in store.list_runs(aa.RunFilter(caller=""))] == ["r-child", "r-plain"]
+        assert {r.run_id for r in store.list_runs(aa.RunFilter(status="succeeded"))} == {"r-plain"}
+        assert [r.run_id for r in store.children("r-alice")] == ["r-child"]
+    conn = raw(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == _sqlite_schema.SCHEMA_VERSION
+    for flt, index in (
+        (aa.RunFilter(caller="alice"), "runs_caller"),
+        (aa.RunFilter(status=("failed", "timeout")), "runs_status"),
+        (aa.RunFilter(parent_run_id="r-alice"), "runs_parent"),
+        (aa.RunFilter(name="agent"), "runs_name"),
+    ):
+        where, params = sqlite_store_module._where(flt)
+        plan = conn.execute(f"EXPLAIN QUERY PLAN SELECT * FROM runs{where}", params).fetchall()
+        assert index in str(plan), (flt, plan)
 
 
 def test_a_failing_migration_leaves_the_file_as_it_was(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from ._serialize import canonical_json
+
 __all__ = [
     "Event",
     "Response",
@@ -111,8 +113,6 @@ class Usage:
 
 def canonical_arguments(arguments: str | Mapping[str, Any] | None) -> str:
     """Tool arguments as canonical JSON (sorted keys, compact). Raises ValueError."""
-    from ._serialize import canonical_json  # local: _serialize imports nothing of ours
-
     if arguments is None:
         return "{}"
     if type(arguments) is dict:  # the common case, before the slower ABC check

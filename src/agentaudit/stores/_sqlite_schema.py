@@ -95,7 +95,25 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_v1_initial,)
+def _v2_partial_indexes(conn: sqlite3.Connection) -> None:
+    # Most runs have no caller, no parent and succeed: those rows now skip three of
+    # the runs table's indexes, three fewer b-tree pages written by every run's
+    # commit. Queries name the index's condition (see sqlite._where) to use them.
+    _run_script(
+        conn,
+        """
+        DROP INDEX runs_caller;
+        DROP INDEX runs_status;
+        DROP INDEX runs_parent;
+        CREATE INDEX runs_caller ON runs (caller, started_at) WHERE caller != '';
+        CREATE INDEX runs_status ON runs (status, started_at) WHERE status != 'succeeded';
+        CREATE INDEX runs_parent ON runs (parent_run_id, started_at)
+            WHERE parent_run_id IS NOT NULL;
+        """,
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_v1_initial, _v2_partial_indexes)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -65,6 +65,9 @@ Durability = Literal["batched", "sync"]
 
 # Failure, for `stats`: the run did not do its job. Cancelled and interrupted runs
 # were stopped on purpose (a user, a human-in-the-loop pause), so they are not failures.
+# Running runs, in words the partial status index answers (it leaves out succeeded
+# runs, and SQLite uses it only for a query that says so too).
+_IS_RUNNING = "status = 'running' AND status != 'succeeded'"
 FAILED_STATUSES = (RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.ABANDONED)
 SUMMARY_GROUPS = ("model", "caller", "day", "name", "status")
 
@@ -561,7 +564,7 @@ class SQLiteStore:
         def reap(conn: sqlite3.Connection) -> list[str]:
             marked = []
             for run_id, started_at in conn.execute(
-                "SELECT run_id, started_at FROM runs WHERE status = 'running'"
+                f"SELECT run_id, started_at FROM runs WHERE {_IS_RUNNING}"
             ).fetchall():
                 last = _last_event_time(conn, run_id) or parse_ts(started_at)
                 if last < cutoff:
@@ -579,7 +582,8 @@ class SQLiteStore:
         host = socket.gethostname()
         try:
             rows = conn.execute(
-                "SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?", (host,)
+                f"SELECT run_id, pid FROM runs WHERE {_IS_RUNNING} AND host = ?",
+                (host,),
             ).fetchall()
             dead = [(run_id, pid) for run_id, pid in rows if not _pid_alive(pid)]
             if not dead:
@@ -622,8 +626,10 @@ def _as_list(value: Any) -> list[Any]:
 def _where(flt: RunFilter) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
+    # The caller and status indexes are partial (see the v2 migration): a query uses
+    # one only when it states the index's condition itself.
     if flt.caller is not None:
-        clauses.append("caller = ?")
+        clauses.append("caller = ? AND caller != ''" if flt.caller else "caller = ?")
         params.append(flt.caller)
     if flt.name is not None:
         clauses.append("name = ?")
@@ -634,6 +640,8 @@ def _where(flt: RunFilter) -> tuple[str, list[Any]]:
         else:
             clauses.append(f"status IN ({', '.join('?' * len(flt.statuses))})")
             params.extend(s.value for s in flt.statuses)
+            if RunStatus.SUCCEEDED not in flt.statuses:
+                clauses.append("status != 'succeeded'")
     if flt.since is not None:
         clauses.append("started_at >= ?")
         params.append(utc_ts(flt.since))
