@@ -161,6 +161,20 @@ class ToolCall:
         """Build a ToolCall from whatever a model or framework produced, never raising
         on the arguments: malformed JSON text is kept verbatim as a JSON string, and
         an unserializable mapping value becomes a placeholder."""
+        if (
+            type(arguments) is dict
+            and type(name) is str
+            and name
+            and not name[0].isspace()
+            and (id is None or type(id) is str)
+        ):
+            # The common case (a framework's parsed arguments), built without the
+            # checks it already passes: this runs for every tool call of every step.
+            call = object.__new__(cls)
+            object.__setattr__(call, "name", name)
+            object.__setattr__(call, "arguments", canonical_json(arguments))
+            object.__setattr__(call, "id", id or "")
+            return call
         if isinstance(arguments, str):
             try:
                 return cls(name or "<unnamed>", arguments, id or "")

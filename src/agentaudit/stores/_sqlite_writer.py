@@ -108,11 +108,14 @@ class Ticket:
     An item whose waiter gave up before the writer claimed it for a transaction is
     skipped (``cancel``), so a caller that was told "not written" is never wrong."""
 
-    __slots__ = ("_cancelled", "_claimed", "_done", "_lock", "error", "result")
+    __slots__ = ("_cancelled", "_claimed", "_done", "_event", "_lock", "error", "result")
 
     def __init__(self) -> None:
-        self._done = threading.Event()
         self._lock = threading.Lock()
+        # Made only for a waiter that finds the item not done yet: a run's close
+        # usually commits its own ticket, and an Event costs more than the rest.
+        self._event: threading.Event | None = None
+        self._done = False
         self._claimed = False
         self._cancelled = False
         self.result: Any = None
@@ -132,21 +135,33 @@ class Ticket:
     def cancel(self) -> bool:
         """Withdraw the item if the writer has not claimed it; True when withdrawn."""
         with self._lock:
-            if self._claimed or self._done.is_set():
+            if self._claimed or self._done:
                 return False
             self._cancelled = True
             return True
 
     def settle(self, result: Any = None, error: BaseException | None = None) -> None:
         self.result, self.error = result, error
-        self._done.set()
+        with self._lock:
+            self._done = True
+            event = self._event
+        if event is not None:
+            event.set()
 
     def wait(self, timeout: float | None) -> bool:
-        return self._done.wait(timeout)
+        if self._done:
+            return True
+        with self._lock:
+            if self._done:
+                return True
+            event = self._event
+            if event is None:
+                event = self._event = threading.Event()
+        return event.wait(timeout)
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._done
 
 
 class SQLiteWriter:
