@@ -305,8 +305,9 @@ def verify(ctx: click.Context, run: str | None, all_runs: bool, as_json: bool, d
     if bool(run) == all_runs:
         raise click.UsageError("give a RUN or --all (not both)")
     store = _open(ctx, db)
-    if run:
-        results = [store.verify(resolve_run(store, run).run_id)]
+    one = resolve_run(store, run) if run else None
+    if one is not None:
+        results = [store.verify(one.run_id)]
     else:
         results = (store.verify(r.run_id) for r in store.iter_runs())
     broken = 0
@@ -327,11 +328,11 @@ def verify(ctx: click.Context, run: str | None, all_runs: bool, as_json: bool, d
                 }
             )
         elif not result.ok:
-            click.echo(
-                f"BROKEN run {result.run_id} at sequence {result.broken_sequence}: {result.reason}"
-            )
-        elif run:
-            click.echo(f"ok: run {result.run_id}, {result.events} events, chain intact")
+            where = "" if result.broken_sequence is None else f" at sequence {result.broken_sequence}"
+            click.echo(f"BROKEN run {result.run_id}{where}: {result.reason}")
+        elif one is not None:
+            sealed = ", row sealed" if one.status.is_terminal else " (running: its row is sealed when it ends)"
+            click.echo(f"ok: run {result.run_id}, {result.events} events, chain intact{sealed}")
     if as_json:
         _print_json(records if all_runs else records[0])
     elif all_runs:

@@ -41,8 +41,10 @@ RUN_COLUMNS = (
 EVENT_COLUMNS = "run_id, sequence, event_type, payload, created_at, prev_hash, hash"
 
 INSERT_RUN = f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 19)})"
-# A run started and finished within one batch: one row, already final.
-INSERT_FINISHED_RUN = f"INSERT INTO runs ({RUN_COLUMNS}, model) VALUES ({', '.join('?' * 20)})"
+# A run started and finished within one batch: one row, already final and sealed.
+INSERT_FINISHED_RUN = (
+    f"INSERT INTO runs ({RUN_COLUMNS}, model, seal) VALUES ({', '.join('?' * 21)})"
+)
 INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 UPDATE_FINISH = (
     "UPDATE runs SET status = ?, finished_at = ?, output = ?, error = ?, tool_calls = ?, "

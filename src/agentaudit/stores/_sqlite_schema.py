@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from .._errors import SchemaVersionError, StoreError
+from ._sqlite_seal import reseal
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -113,7 +114,15 @@ def _v2_partial_indexes(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_v1_initial, _v2_partial_indexes)
+def _v3_run_seals(conn: sqlite3.Connection) -> None:
+    # Finished runs written before this version are sealed as they stand at the
+    # upgrade: from then on an edit of their rows shows (see _sqlite_seal).
+    conn.execute("ALTER TABLE runs ADD COLUMN seal TEXT NOT NULL DEFAULT ''")
+    for (run_id,) in conn.execute("SELECT run_id FROM runs WHERE status != 'running'").fetchall():
+        reseal(conn, run_id)
+
+
+MIGRATIONS: Sequence[Migration] = (_v1_initial, _v2_partial_indexes, _v3_run_seals)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -48,6 +48,7 @@ from ._sqlite_rows import (
     run_row,
 )
 from ._sqlite_schema import is_busy
+from ._sqlite_seal import reseal, run_seal
 
 __all__ = [
     "OP_CALL",
@@ -566,6 +567,8 @@ class SQLiteWriter:
     def _apply(self, conn: sqlite3.Connection, items: list[Item]) -> list[tuple[Ticket, Any, Any]]:
         outcomes: list[tuple[Ticket, Any, Any]] = []
         whole = _whole_runs(items)
+        # A whole run's events are all in this batch: its seal needs no query.
+        tails = _event_tails(items) if whole else {}
         for op, group in itertools.groupby(items, key=lambda item: item[0]):
             chunk = list(group)
             if op in (OP_EVENT, OP_ROW):
@@ -592,8 +595,8 @@ class SQLiteWriter:
                     started = [run_row(run) for run in runs if run.run_id not in whole]
                     if started:
                         conn.executemany(INSERT_RUN, started)
-                    finished = [finished_run_row(run, *whole[run.run_id]) for run in runs
-                                if run.run_id in whole]
+                    finished = [_sealed(finished_run_row(run, *whole[run.run_id]), tails)
+                                for run in runs if run.run_id in whole]
                     if finished:
                         conn.executemany(INSERT_FINISHED_RUN, finished)
                 else:
@@ -624,6 +627,8 @@ class SQLiteWriter:
             cursor = conn.execute(UPDATE_FINISH, finish_row(run_id, stats, finished_at))
             if cursor.rowcount == 0:
                 error = RunNotFoundError(f"no run {run_id!r} to finish in {self._path}")
+            else:
+                reseal(conn, run_id)
         elif op == OP_CALL:
             result = data(conn)
         elif op in (OP_EVENT, OP_ROW, OP_START):
@@ -726,6 +731,30 @@ def _whole_runs(items: list[Item]) -> dict[str, tuple[RunStats, datetime, str]]:
         if found is not None:
             whole[run_id] = (found[0], found[1], model)
     return whole
+
+
+def _event_tails(items: list[Item]) -> dict[str, tuple[int, str]]:
+    """run id -> (sequence, hash) of its last event among ``items``."""
+    tails: dict[str, tuple[int, str]] = {}
+    for op, data, _ticket in items:
+        if op == OP_ROW:
+            run_id, sequence, _type, _payload, _created, _prev, hash_ = data[0]
+        elif op == OP_EVENT:
+            run_id, sequence, hash_ = data.run_id, data.sequence, data.hash
+        else:
+            continue
+        if sequence > tails.get(run_id, (0, ""))[0]:
+            tails[run_id] = (sequence, hash_)
+    return tails
+
+
+def _sealed(row: tuple[Any, ...], tails: dict[str, tuple[int, str]]) -> tuple[Any, ...]:
+    """A finished run's row (`INSERT_FINISHED_RUN` without its seal) and its seal."""
+    return (*row, run_seal(row[:_SEALED], *tails.get(row[0], (0, ""))))
+
+
+# The sealed columns lead a finished row (RUN_COLUMNS, then model).
+_SEALED = 19
 
 
 # Connections inherited by a forked child: kept referenced so they are never closed

@@ -44,6 +44,7 @@ from ._sqlite_rows import (
     utc_ts,
 )
 from ._sqlite_schema import connect, create_private_file, migrate
+from ._sqlite_seal import reseal, seal_problem
 from ._sqlite_writer import (
     _FORK_LEFTOVERS,
     COMMIT_DELAY,
@@ -438,7 +439,14 @@ class SQLiteStore:
 
         if self.get_run(run_id) is None:
             raise RunNotFoundError(f"no run {run_id!r} in {self.path}")
-        return verify_events(run_id, self.get_logs(run_id))
+        result = verify_events(run_id, self.get_logs(run_id))
+        if not result.ok:
+            return result
+        with self._read_lock:
+            problem = seal_problem(self._read(), run_id)
+        if problem:
+            return VerifyResult(run_id, False, result.events, None, problem)
+        return result
 
     # -- beyond the protocol: what the CLI and operators need ------------------------
 
@@ -695,6 +703,7 @@ def _abandon(conn: sqlite3.Connection, run_id: str, reason: str) -> None:
            WHERE run_id = ? AND status = 'running'""",
         (finished, reason, steps or 0, calls or 0, tin or 0, tout or 0, tthink or 0, run_id),
     )
+    reseal(conn, run_id)
 
 
 def _pid_alive(pid: int) -> bool:
