@@ -234,7 +234,7 @@ The configurations:
 - **agentaudit + SQLiteStore**: `AuditCallbackHandler(aa.Auditor(aa.SQLiteStore(path)))`,
   default settings (batched: a background writer thread commits, WAL, `synchronous=NORMAL`).
   Records the run row, every step's text, model, tokens and finish reason, each tool's name,
-  JSON arguments and result, and a SHA-256 hash chain over the events.
+  JSON arguments and result, a SHA-256 hash chain over the events and a seal over the finished run row.
 - **agentaudit + MemoryStore** and **SQLiteStore(durability="sync")** (each event committed with
   `synchronous=FULL` before the hook returns) for scale.
 - **floor**: a short `BaseCallbackHandler` (`bench/floor_handler.py`) that keeps one row per
