@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 import agentaudit as aa
 from agentaudit.cli import cli
-from agentaudit.stores import _sqlite_schema
+from agentaudit.stores import _sqlite_schema, _sqlite_writer
 
 RESPONSE = aa.Response(
     text="checking", model="p/m", usage=aa.Usage(3, 2),
@@ -154,3 +154,17 @@ def test_the_cli_names_a_run_whose_row_was_edited(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"BROKEN run {edited}: the run's row does not match its seal" in result.output
     assert "verified 2 runs: 1 intact, 1 broken" in result.output
+
+
+def test_a_run_finished_by_a_writer_that_did_not_keep_its_row_is_sealed_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer keeps the rows of the runs it started for their seals, up to a bound;
+    # past it (or for a run started elsewhere) the finish reads the row back instead.
+    monkeypatch.setattr(_sqlite_writer, "_MAX_LIVE", 0)
+    db = tmp_path / "a.db"
+    with aa.SQLiteStore(db) as store:
+        run_id = record_run(store, flush_between=True)
+    assert verify(db, run_id).ok
+    raw(db).execute("UPDATE runs SET output = 'edited'")
+    assert not verify(db, run_id).ok

@@ -22,6 +22,7 @@ __all__ = [
     "INSERT_RUN",
     "RUN_COLUMNS",
     "UPDATE_FINISH",
+    "UPDATE_FINISH_SEALED",
     "event_from_row",
     "event_row",
     "finish_row",
@@ -51,6 +52,8 @@ UPDATE_FINISH = (
     "steps = ?, input_tokens = ?, output_tokens = ?, thinking_tokens = ?, cost_usd = ? "
     "WHERE run_id = ?"
 )
+# The same with the seal, when the writer knows the finished row without reading it.
+UPDATE_FINISH_SEALED = UPDATE_FINISH.replace(" WHERE", ", seal = ? WHERE")
 
 
 def format_ts(value: datetime) -> str:

@@ -36,12 +36,13 @@ from datetime import datetime
 from typing import Any
 
 from .._errors import AgentAuditError, RunNotFoundError, StoreError
-from .._model import RunStats
+from .._model import Run, RunStats
 from ._sqlite_rows import (
     INSERT_EVENT,
     INSERT_FINISHED_RUN,
     INSERT_RUN,
     UPDATE_FINISH,
+    UPDATE_FINISH_SEALED,
     event_row,
     finish_row,
     finished_run_row,
@@ -212,6 +213,11 @@ class SQLiteWriter:
         self._uncheckpointed = 0  # commits since the last checkpoint (under _commit_lock)
         self._last_checkpoint = 0.0
         self._checkpoint_conn: sqlite3.Connection | None = None
+        # Runs this writer started and has not finished, and their last event so far:
+        # a finish then writes its seal with the row, without reading the run back.
+        # Touched only under _commit_lock; bounded (a run past it is sealed by query).
+        self._live: dict[str, Run] = {}
+        self._tails: dict[str, tuple[int, str]] = {}
         self.checkpoints = 0
         self._logged: set[str] = set()
 
@@ -579,6 +585,10 @@ class SQLiteWriter:
                     rows = [event_row(data) for _op, data, _t in chunk]
                     payloads = [data.payload for _op, data, _t in chunk]
                 conn.executemany(INSERT_EVENT, rows)
+                live, known = self._live, self._tails
+                for row in rows:
+                    if row[0] in live and row[1] > known.get(row[0], (0, ""))[0]:
+                        known[row[0]] = (row[1], row[6])
                 models = [
                     (payload.get("model", ""), row[0])
                     for row, payload in zip(rows, payloads, strict=True)
@@ -592,15 +602,18 @@ class SQLiteWriter:
             elif op == OP_START:
                 if whole:
                     runs = [data for _op, data, _t in chunk]
-                    started = [run_row(run) for run in runs if run.run_id not in whole]
+                    started = [run for run in runs if run.run_id not in whole]
                     if started:
-                        conn.executemany(INSERT_RUN, started)
+                        conn.executemany(INSERT_RUN, [run_row(run) for run in started])
+                        self._remember(started)
                     finished = [_sealed(finished_run_row(run, *whole[run.run_id]), tails)
                                 for run in runs if run.run_id in whole]
                     if finished:
                         conn.executemany(INSERT_FINISHED_RUN, finished)
                 else:
-                    conn.executemany(INSERT_RUN, [run_row(data) for _op, data, _t in chunk])
+                    started = [data for _op, data, _t in chunk]
+                    conn.executemany(INSERT_RUN, [run_row(run) for run in started])
+                    self._remember(started)
                 outcomes.extend((t, None, None) for _op, _d, t in chunk if t is not None)
             elif op == OP_FINISH and whole:
                 for item in chunk:
@@ -624,16 +637,31 @@ class SQLiteWriter:
         error: BaseException | None = None
         if op == OP_FINISH:
             run_id, stats, finished_at = data
-            cursor = conn.execute(UPDATE_FINISH, finish_row(run_id, stats, finished_at))
+            run = self._live.pop(run_id, None)
+            tail = self._tails.pop(run_id, (0, ""))
+            row = finish_row(run_id, stats, finished_at)
+            if run is not None:  # the finished row is known: sealed in the same UPDATE
+                final = finished_run_row(run, stats, finished_at, "")
+                seal = run_seal(final[:_SEALED], *tail)
+                cursor = conn.execute(UPDATE_FINISH_SEALED, (*row[:-1], seal, run_id))
+            else:
+                cursor = conn.execute(UPDATE_FINISH, row)
             if cursor.rowcount == 0:
                 error = RunNotFoundError(f"no run {run_id!r} to finish in {self._path}")
-            else:
+            elif run is None:
                 reseal(conn, run_id)
         elif op == OP_CALL:
             result = data(conn)
         elif op in (OP_EVENT, OP_ROW, OP_START):
             self._apply(conn, [item])
         return None if ticket is None else (ticket, result, error)
+
+    def _remember(self, runs: list[Run]) -> None:
+        live = self._live
+        for run in runs:
+            if len(live) >= _MAX_LIVE:
+                return
+            live[run.run_id] = run
 
     def _apply_isolated(
         self, conn: sqlite3.Connection, items: list[Item]
@@ -755,6 +783,8 @@ def _sealed(row: tuple[Any, ...], tails: dict[str, tuple[int, str]]) -> tuple[An
 
 # The sealed columns lead a finished row (RUN_COLUMNS, then model).
 _SEALED = 19
+# Runs in flight whose rows a writer keeps for their seal (a few KiB each at most).
+_MAX_LIVE = 10_000
 
 
 # Connections inherited by a forked child: kept referenced so they are never closed

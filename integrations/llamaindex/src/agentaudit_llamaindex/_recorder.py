@@ -74,7 +74,7 @@ class _Span:
     tool: aa.ToolCall | None = None  # set on call_tool spans
     started: float = 0.0
     cancelled: bool = False
-    llm_metadata: dict[str, Any] | None = None  # set on the spans of LLM methods
+    llm: Any = None  # the LLM instance, on the spans of LLM methods
 
 
 @dataclass(eq=False)
@@ -109,12 +109,17 @@ class Recorder:
         self._llm_calls: dict[str, _LLMCall] = {}
         self._detached = False
         self.handle: Any = None  # the Instrumentation that owns this recorder
+        # Made once: a run passes through the guard some seventy times.
+        self._guards: dict[str, AbstractContextManager[Any]] = {}
 
     # -- the guard -------------------------------------------------------------------
 
     def guard(self, hook: str) -> AbstractContextManager[Any]:
         """The one guard every hook body runs in."""
-        return self.auditor.guard(f"llamaindex.{hook}")
+        found = self._guards.get(hook)
+        if found is None:
+            found = self._guards[hook] = self.auditor.guard(f"llamaindex.{hook}")
+        return found
 
     # -- introspection (tests, diagnostics) -------------------------------------------
 
@@ -153,7 +158,7 @@ class Recorder:
             if span.tool is not None:
                 span.started = time.perf_counter()
             if isinstance(instance, BaseLLM):
-                span.llm_metadata = llm_metadata(instance)
+                span.llm = instance  # described at its chat start, if that needs it
             with self._lock:
                 if run.span_id not in self._runs:
                     return  # the run ended meanwhile
@@ -223,9 +228,14 @@ class Recorder:
                     if ancestor.agent is not None and step_span is None:
                         step_span, agent = ancestor_id, ancestor.agent
                     ancestor_id = ancestor.parent_id
-                # What the LLM says of itself; the event's model_dict is thinner in
-                # older releases (no model_name).
-                described = {**(span.llm_metadata or {}), **(model_dict or {})}
+                # What the LLM says of itself, when the event's model_dict is thinner
+                # (older releases give no model_name). Asked only then: an LLM's
+                # metadata property builds a pydantic object on every read.
+                described = dict(model_dict or {})
+                if span.llm is not None and not (
+                    "model_name" in described and "class_name" in described
+                ):
+                    described = {**llm_metadata(span.llm), **described}
                 self._llm_calls[span_id] = _LLMCall(
                     run=run, model_dict=described, step_span=step_span, agent=agent
                 )
