@@ -202,3 +202,22 @@ def test_the_wal_stays_bounded_while_runs_close_back_to_back(
     assert wait_for("SELECT count(*) FROM runs WHERE status = 'succeeded'", db, runs) == runs
     store.close()
     assert aa.SQLiteStore(db).count_runs() == runs
+
+
+def test_values_changed_after_a_hook_returns_are_recorded_as_they_were(tmp_path: Path) -> None:
+    # The store seals events when it commits them, well after the hook returned;
+    # what the agent mutates meanwhile must not leak into the record.
+    store = aa.SQLiteStore(tmp_path / "a.db", commit_delay=60.0)
+    w = aa.Auditor(store).start_run("agent", parent_run_id=None)
+    result = {"rows": [1, 2]}
+    extra = {"plan": ["search"]}
+    w.on_step(1, RESPONSE, extra=extra)
+    w.on_tool(RESPONSE.tool_calls[0], result)
+    result["rows"].append(3)
+    extra["plan"].append("leak")
+    w.close()
+    step, _model, _call, tool_result = store.get_logs(w.run_id)
+    assert step.payload["plan"] == ["search"]
+    assert tool_result.payload["result"] == '{"rows":[1,2]}'
+    assert store.verify(w.run_id).ok
+    store.close()

@@ -176,13 +176,12 @@ class Writer:
 
     def _on_step(self, iter: int, response: Response | None, extra: Mapping[str, Any] | None) -> None:
         now = time.monotonic()
-        payload: dict[str, Any] = {"iter": iter}
         resolved = ""
         with self._lock:
             # Step-to-step wall time (model call + the previous step's tools): a long
             # gap localises a slow or hung model call.
             prev = self._last_step or self._started
-            payload["step_ms"] = round((now - prev) * 1000.0, 3)
+            step_ms = round((now - prev) * 1000.0, 3)
             self._last_step = now
             self._steps += 1
             if response is not None:
@@ -203,6 +202,23 @@ class Writer:
                     # even if the run errors before a useful step.
                     self._resolved_model_logged = True
                     resolved = response.model
+        # The caller's extra values may change after this returns: copied now. The
+        # Response is frozen, so its payload can be built later (see _seal).
+        persisted = (
+            {key: self._persist_value(value, f"step.{key}") for key, value in extra.items()}
+            if extra
+            else None
+        )
+        step = (self._step_payload, iter, step_ms, response, persisted)
+        if resolved:
+            self._append(("step", step), ("resolved_model", {"model": resolved}))
+        else:
+            self._append(("step", step))
+
+    def _step_payload(
+        self, iter: int, step_ms: float, response: Response | None, extra: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {"iter": iter, "step_ms": step_ms}
         if response is None:
             payload["text_len"] = 0
         else:
@@ -228,11 +244,8 @@ class Writer:
         if extra:
             for key, value in extra.items():
                 if key not in payload:
-                    payload[key] = self._persist_value(value, f"step.{key}")
-        if resolved:
-            self._append(("step", payload), ("resolved_model", {"model": resolved}))
-        else:
-            self._append(("step", payload))
+                    payload[key] = value
+        return payload
 
     def on_tool(
         self,
@@ -248,26 +261,35 @@ class Writer:
         try:
             with self._lock:
                 self._calls += 1
-            name = clean_str(call.name)
-            call_id = clean_str(call.id)
-            text = self._persistable(safe_text(result), "tool_result.result")
-            capped, truncated = cap(text, TOOL_RESULT_MAX)
-            result_payload: dict[str, Any] = {
-                "name": name,
-                "id": call_id,
-                "result": capped,
-                "truncated": truncated,
-            }
-            if error:
-                result_payload["error"] = True
-            if duration_ms is not None:
-                result_payload["duration_ms"] = round(float(duration_ms), 3)
+            # The result as text now (it may be a mutable object); the ToolCall is
+            # frozen. The payloads are built later (see _seal).
+            text = safe_text(result)
+            ms = None if duration_ms is None else round(float(duration_ms), 3)
             self._append(
-                ("tool_call", {"name": name, "args": self._args_json(call), "id": call_id}),
-                ("tool_result", result_payload),
+                ("tool_call", (self._tool_call_payload, call)),
+                ("tool_result", (self._tool_result_payload, call, text, error, ms)),
             )
         except Exception as exc:
             self._faults.report("on_tool", exc, self.run_id)
+
+    def _tool_call_payload(self, call: ToolCall) -> dict[str, Any]:
+        return {"name": clean_str(call.name), "args": self._args_json(call), "id": clean_str(call.id)}
+
+    def _tool_result_payload(
+        self, call: ToolCall, text: str, error: bool, duration_ms: float | None
+    ) -> dict[str, Any]:
+        capped, truncated = cap(self._persistable(text, "tool_result.result"), TOOL_RESULT_MAX)
+        payload: dict[str, Any] = {
+            "name": clean_str(call.name),
+            "id": clean_str(call.id),
+            "result": capped,
+            "truncated": truncated,
+        }
+        if error:
+            payload["error"] = True
+        if duration_ms is not None:
+            payload["duration_ms"] = duration_ms
+        return payload
 
     def log_event(self, event_type: str, payload: Mapping[str, Any] | None = None) -> None:
         """Record a custom event (e.g. ``compaction_fired``) mid-run."""
@@ -292,7 +314,9 @@ class Writer:
             self._faults.report("log_error", exc, self.run_id)
 
     # -- sealing ----------------------------------------------------------------------
-    def _append(self, *items: tuple[str, dict[str, Any]]) -> None:
+    def _append(self, *items: tuple[str, Any]) -> None:
+        """Record events: (type, payload), the payload a dict or a (build, *args)
+        tuple that makes it (see _seal)."""
         store = self._store
         run_id = self.run_id
         with self._lock:
@@ -310,6 +334,8 @@ class Writer:
                     return
             created_text = format_time(created)
             for event_type, payload in items:
+                if type(payload) is tuple:  # built now (a fault here is the hook's)
+                    payload = payload[0](*payload[1:])
                 seq = self._seq + 1
                 body = canonical_json(payload)
                 prev = self._prev_hash
@@ -324,7 +350,7 @@ class Writer:
                 self._prev_hash = digest
 
     def _seal(
-        self, items: tuple[tuple[str, dict[str, Any]], ...], created: datetime
+        self, items: tuple[tuple[str, Any], ...], created: datetime
     ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
         """The stored rows of events handed to ``_append_deferred``: (run id, sequence,
         type, payload JSON, time text, previous hash, hash) and the payload. The store
@@ -334,6 +360,12 @@ class Writer:
         created_text = format_time(created)
         rows = []
         for event_type, payload in items:
+            if type(payload) is tuple:
+                try:
+                    payload = payload[0](*payload[1:])
+                except Exception as exc:  # this event only; the chain skips it
+                    self._faults.report(f"render.{event_type}", exc, run_id)
+                    continue
             seq = self._seq + 1
             body = canonical_json(payload)
             prev = self._prev_hash
