@@ -210,7 +210,9 @@ class SQLiteWriter:
         self.dropped = 0  # events refused because the queue stayed full
         self.failed = 0  # items the database refused (logged once per kind)
         self.committed_batches = 0
-        self._uncheckpointed = 0  # commits since the last checkpoint (under _commit_lock)
+        # Commits since the last checkpoint: counted under _commit_lock, read and reset
+        # by the writer thread without it (a count lost to a race only delays one).
+        self._uncheckpointed = 0
         self._last_checkpoint = 0.0
         self._checkpoint_conn: sqlite3.Connection | None = None
         # Runs this writer started and has not finished, and their last event so far:
