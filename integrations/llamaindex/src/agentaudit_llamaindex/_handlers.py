@@ -49,17 +49,36 @@ class AuditEventHandler(BaseEventHandler):
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
         recorder = self._recorder
         with recorder.guard("event"):
-            # In-progress chunks come first: they are by far the most frequent.
-            if isinstance(event, LLMChatInProgressEvent):
-                recorder.llm_chat_progress(event.span_id, event.response)
-            elif isinstance(event, LLMChatStartEvent):
-                recorder.llm_chat_start(event.span_id, event.model_dict)
-            elif isinstance(event, LLMChatEndEvent):
-                recorder.llm_chat_end(event.span_id, event.response)
-            elif isinstance(event, ExceptionEvent):
-                recorder.llm_exception(event.span_id, event.exception)
-            elif event.class_name() == "SpanCancelledEvent":  # defined in workflows' runtime
+            kind = _KINDS.get(type(event))
+            if kind is None:
+                kind = _KINDS[type(event)] = _kind_of(event)
+            if kind is _IGNORED:  # most events of a run (agent input, stream, tool events)
+                return
+            if kind is LLMChatInProgressEvent:
+                recorder.llm_chat_progress(event.span_id, event.response)  # type: ignore[attr-defined]
+            elif kind is LLMChatStartEvent:
+                recorder.llm_chat_start(event.span_id, event.model_dict)  # type: ignore[attr-defined]
+            elif kind is LLMChatEndEvent:
+                recorder.llm_chat_end(event.span_id, event.response)  # type: ignore[attr-defined]
+            elif kind is ExceptionEvent:
+                recorder.llm_exception(event.span_id, event.exception)  # type: ignore[attr-defined]
+            else:
                 recorder.span_cancelled(event.span_id)
+
+
+_IGNORED = object()
+_CANCELLED = object()
+# Event class -> what it is to the recorder, learnt once per class.
+_KINDS: dict[type, Any] = {}
+
+
+def _kind_of(event: BaseEvent) -> Any:
+    for kind in (LLMChatInProgressEvent, LLMChatStartEvent, LLMChatEndEvent, ExceptionEvent):
+        if isinstance(event, kind):
+            return kind
+    if event.class_name() == "SpanCancelledEvent":  # defined in workflows' runtime
+        return _CANCELLED
+    return _IGNORED
 
 
 class AuditSpanHandler(BaseSpanHandler[BaseSpan]):

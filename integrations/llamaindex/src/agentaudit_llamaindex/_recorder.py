@@ -144,8 +144,8 @@ class Recorder:
         with self.guard("span_enter"):
             if self._detached:
                 return
-            with self._lock:
-                parent = self._spans.get(parent_id) if parent_id else None
+            # A dict read is atomic: no lock for the parent (most spans need no other).
+            parent = self._spans.get(parent_id) if parent_id else None
             if is_agent_run(id_, instance):
                 self._start_run(id_, bound_args, instance, parent_id, parent)
                 return
