@@ -12,6 +12,7 @@ from typing import Any
 
 from dummy_client import DummyServer
 from floor_handler import FloorHandler
+from otel_spans import InMemorySpans, OpenInferenceBlocks
 
 import agentaudit as aa
 from agentaudit_langchain import AuditCallbackHandler
@@ -174,32 +175,16 @@ class LangSmith(Config):
         return None if not lost else f"server never received {len(lost)} of {len(self.run_ids)} runs"
 
 
-class OpenInference(Config):
+class OpenInference(OpenInferenceBlocks, Config):
     """OpenInference's LangChainInstrumentor with an OpenTelemetry TracerProvider and the
     processor a deployment uses, BatchSpanProcessor, exporting to memory. Instrumented
     only during its own blocks: it patches every LangChain callback manager."""
 
-    name = "openinference"
-    label = "OpenInference (OTel, batch processor)"
-
     def __init__(self) -> None:
         super().__init__()
         from openinference.instrumentation.langchain import LangChainInstrumentor
-        from otel_spans import InMemorySpans
 
         self.spans = InMemorySpans(LangChainInstrumentor())
-
-    def begin_block(self) -> None:
-        self.spans.begin()
-
-    def end_block(self) -> None:
-        self.spans.end()
-
-    def missing(self) -> str | None:
-        return self.spans.missing(len(self.run_ids))
-
-    def close(self) -> None:
-        self.spans.close()
 
 
 def events_per_run(n_steps: int) -> int:

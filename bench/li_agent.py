@@ -10,6 +10,7 @@ from typing import Any
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
 from llama_index.core.llms.mock import MockFunctionCallingLLM
+from otel_spans import InMemorySpans, OpenInferenceBlocks
 
 import agentaudit as aa
 
@@ -101,31 +102,15 @@ class AgentAudit(Nothing):
         self.store.close()
 
 
-class OpenInference(Nothing):
+class OpenInference(OpenInferenceBlocks, Nothing):
     """OpenInference's LlamaIndexInstrumentor, TracerProvider + BatchSpanProcessor to
     memory, instrumented only during its own blocks."""
-
-    name = "openinference"
-    label = "OpenInference (OTel, batch processor)"
 
     def __init__(self) -> None:
         super().__init__()
         from openinference.instrumentation.llama_index import LlamaIndexInstrumentor
-        from otel_spans import InMemorySpans
 
         self.spans = InMemorySpans(LlamaIndexInstrumentor())
-
-    def begin_block(self) -> None:
-        self.spans.begin()
-
-    def end_block(self) -> None:
-        self.spans.end()
-
-    def missing(self) -> str | None:
-        return self.spans.missing(len(self.run_ids))
-
-    def close(self) -> None:
-        self.spans.close()
 
 
 def make_configs(names: list[str], workdir: str) -> list[Any]:

@@ -36,3 +36,25 @@ class InMemorySpans:
 
     def close(self) -> None:
         self.provider.shutdown()
+
+
+class OpenInferenceBlocks:
+    """What an OpenInference configuration does around its blocks, in either scenario:
+    mixed in ahead of the scenario's own configuration class, which sets ``run_ids``."""
+
+    name = "openinference"
+    label = "OpenInference (OTel, batch processor)"
+    spans: InMemorySpans
+    run_ids: list[Any]
+
+    def begin_block(self) -> None:
+        self.spans.begin()
+
+    def end_block(self) -> None:
+        self.spans.end()
+
+    def missing(self) -> str | None:
+        return self.spans.missing(len(self.run_ids))
+
+    def close(self) -> None:
+        self.spans.close()
