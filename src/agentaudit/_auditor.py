@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import uuid
@@ -23,25 +22,12 @@ from ._pricing import Pricing
 from ._redaction import RedactionPolicy
 from ._serialize import safe_text
 from ._writer import DEFAULT_FINISH_TIMEOUT, NOOP_WRITER, Writer
+from .adapters import error_text, status_for_exception
 
 __all__ = ["Auditor", "RunContext"]
 
 _UNSET: Any = object()
 _HOST = socket.gethostname()
-
-
-def status_for_exception(exc: BaseException) -> RunStatus:
-    """The terminal status an exception ending a run means."""
-    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)):
-        return RunStatus.CANCELLED
-    if isinstance(exc, TimeoutError):
-        return RunStatus.TIMEOUT
-    return RunStatus.FAILED
-
-
-def error_text(exc: BaseException) -> str:
-    message = str(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 class Auditor:

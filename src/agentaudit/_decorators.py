@@ -17,12 +17,13 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Any, TypeVar, overload
 
-from ._auditor import Auditor, error_text, status_for_exception
+from ._auditor import Auditor
 from ._caps import RUN_IO_MAX, utf8_len
 from ._context import activate, current_run, deactivate
 from ._model import Response, RunStats, RunStatus, ToolCall
 from ._responses import to_response
 from ._serialize import canonical_json
+from .adapters import error_text, status_for_exception
 
 __all__ = ["audit_tool", "audited", "configure", "default_auditor", "record_step"]
 
