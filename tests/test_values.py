@@ -27,7 +27,7 @@ from agentaudit._serialize import canonical_json, to_jsonable
         (lambda: aa.ToolCall("t", "{not json"), "not JSON"),
         (lambda: aa.ToolCall("t", 3), "must be a str or a mapping"),
         (lambda: aa.RunStats(status="exploded"), "status must be one of"),
-        (lambda: aa.RunStats(cost_usd=-1.0), "cost_usd must be >= 0"),
+        (lambda: aa.RunStats(cost_usd=-1.0), "cost_usd must be a finite number >= 0"),
         (lambda: aa.Run(run_id="r", name=""), "Run.name must not be empty"),
         (lambda: aa.RunFilter(since=dt.datetime(2026, 1, 1)), "timezone-aware"),
         (lambda: aa.RunFilter(limit=-1), "limit must be >= 0"),

@@ -14,19 +14,21 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
 
-from ._caps import RUN_IO_MAX, cap
+from ._caps import EVENT_TYPE_MAX, RUN_IO_MAX
 from ._context import activate, active_writer, deactivate
 from ._faults import Faults
 from ._model import Run, RunStats, RunStatus
 from ._pricing import Pricing
 from ._redaction import RedactionPolicy
-from ._serialize import safe_text
+from ._serialize import clean_str, safe_text
 from ._writer import DEFAULT_FINISH_TIMEOUT, NOOP_WRITER, Writer
 from .adapters import error_text, status_for_exception
 
 __all__ = ["Auditor", "RunContext"]
 
 _UNSET: Any = object()
+# What the Writer calls: the least a store must have for an Auditor to accept it.
+_WRITE_METHODS = ("start_run", "append_log", "finish_run")
 _HOST = socket.gethostname()
 
 
@@ -55,8 +57,22 @@ class Auditor:
             raise ValueError(f"redaction must be a RedactionPolicy, got {type(redaction).__name__}")
         if pricing is not None and not (callable(pricing) or isinstance(pricing, Mapping)):
             raise ValueError(f"pricing must be a mapping or a callable, got {type(pricing).__name__}")
-        if not finish_timeout > 0:
-            raise ValueError(f"finish_timeout must be > 0 seconds, got {finish_timeout!r}")
+        if isinstance(finish_timeout, bool) or not isinstance(finish_timeout, (int, float)):
+            raise TypeError(f"finish_timeout must be a number of seconds, got {type(finish_timeout).__name__}")
+        if not 0 < finish_timeout < float("inf"):
+            raise ValueError(f"finish_timeout must be > 0 seconds and finite, got {finish_timeout!r}")
+        if store is not None:
+            missing = [m for m in _WRITE_METHODS if not callable(getattr(store, m, None))]
+            if missing:
+                hint = (
+                    f" (for a file, pass aa.SQLiteStore({store!r}) or aa.open_store({store!r}))"
+                    if isinstance(store, (str, os.PathLike))
+                    else ""
+                )
+                raise TypeError(
+                    f"Auditor needs a store (aa.SQLiteStore, aa.MemoryStore, any aa.Store) or None, "
+                    f"got {type(store).__name__} without {', '.join(missing)}{hint}"
+                )
         self.store = store
         self.redaction = redaction or RedactionPolicy()
         self.pricing = pricing
@@ -97,28 +113,33 @@ class Auditor:
             raise ValueError(f"run name must be a non-empty str, got {name!r}")
         if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
             raise ValueError(f"run_id must be a non-empty str or None, got {run_id!r}")
+        if caller is not None and not isinstance(caller, str):
+            raise TypeError(f"caller must be a str or None, got {type(caller).__name__}")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise TypeError(f"metadata must be a mapping or None, got {type(metadata).__name__}")
         if parent_run_id is _UNSET:
             parent = active_writer()
             parent_run_id = parent.run_id if parent is not None and parent.enabled else None
+        elif parent_run_id is not None and (not isinstance(parent_run_id, str) or not parent_run_id.strip()):
+            raise TypeError(f"parent_run_id must be a non-empty str or None, got {parent_run_id!r}")
         writer = Writer(
             self.store,
-            run_id or uuid.uuid4().hex,
+            clean_str(run_id) if run_id else uuid.uuid4().hex,
             redaction=self.redaction,
             pricing=self.pricing,
             faults=self.faults,
             finish_timeout=self.finish_timeout,
         )
         with self.faults.guard("start_run", writer.run_id):
-            clean_meta = writer._persist_value(dict(metadata or {}), "run.metadata")
             run = Run(
                 run_id=writer.run_id,
-                name=name,
-                caller=safe_text(caller),
-                parent_run_id=parent_run_id,
+                name=writer._text(name, "run.name", EVENT_TYPE_MAX),
+                caller=writer._text(caller or "", "run.caller", EVENT_TYPE_MAX),
+                parent_run_id=clean_str(parent_run_id) if parent_run_id else None,
                 status=RunStatus.RUNNING,
                 started_at=datetime.now(timezone.utc),
-                input=cap(writer._persistable(safe_text(input), "run.input"), RUN_IO_MAX)[0],
-                metadata=clean_meta if isinstance(clean_meta, dict) else {},
+                input=writer._text(safe_text(input), "run.input", RUN_IO_MAX),
+                metadata=writer._value(dict(metadata or {}), "run.metadata"),
                 host=_HOST,
                 pid=os.getpid(),
             )

@@ -6,7 +6,17 @@ character, and say how much was dropped: ``…[+N bytes]``.
 
 from __future__ import annotations
 
-__all__ = ["RUN_IO_MAX", "STEP_TEXT_MAX", "TOOL_RESULT_MAX", "cap", "utf8_len"]
+__all__ = [
+    "ARGS_MAX",
+    "EVENT_TYPE_MAX",
+    "PAYLOAD_MAX",
+    "RUN_IO_MAX",
+    "STEP_TEXT_MAX",
+    "TOOL_RESULT_MAX",
+    "VALUE_MAX",
+    "cap",
+    "utf8_len",
+]
 
 # The seed's caps: step narration is the best clue to why a model misfired a tool,
 # but bounded so one payload cannot balloon; tool results likewise.
@@ -14,6 +24,16 @@ STEP_TEXT_MAX = 2000
 TOOL_RESULT_MAX = 4000
 # A run's input, output and error text, and log_error messages.
 RUN_IO_MAX = 8000
+# A tool call's arguments as JSON text (past the cap, the text is cut and marked, and
+# is no longer valid JSON: the marker says so).
+ARGS_MAX = 8000
+# Names: an event type, a tool's name and id, a payload key, a model name.
+EVENT_TYPE_MAX = 200
+# Any other string inside a payload, the metadata or a step's extra values.
+VALUE_MAX = 4000
+# A custom event's payload, a step's extra values or a run's metadata, as JSON: past
+# it, a capped preview of the JSON is kept under "truncated_payload".
+PAYLOAD_MAX = 16_000
 
 
 def utf8_len(text: str) -> int:

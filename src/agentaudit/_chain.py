@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from ._model import Event, VerifyResult
 from ._serialize import canonical_json
 
-__all__ = ["chain_hash", "event_hash", "format_time", "verify_events"]
+__all__ = ["chain_hash", "event_hash", "format_time", "seal_event", "verify_events"]
 
 
 def format_time(moment: datetime) -> str:
@@ -39,6 +40,23 @@ def chain_hash(
         f"{prev_hash}|{len(run_id)}:{run_id}|{sequence}|{len(event_type)}:{event_type}|"
         f"{created_text}\n{payload_json}".encode("utf-8", "surrogatepass")
     ).hexdigest()
+
+
+def seal_event(
+    run_id: str,
+    sequence: int,
+    prev_hash: str,
+    event_type: str,
+    payload: dict[str, Any],
+    created_at: datetime,
+) -> Event:
+    """The one place an event is sealed: its sequence, time, canonical payload and
+    chain hash fixed together. The Writer calls it only for an event whose content
+    no store can refuse (every text already cleaned and masked), and advances the
+    run's chain only when the store has taken the event."""
+    body = canonical_json(payload)
+    digest = chain_hash(prev_hash, run_id, sequence, event_type, format_time(created_at), body)
+    return Event(run_id, sequence, event_type, payload, created_at, prev_hash, digest)
 
 
 def verify_events(run_id: str, events: Iterable[Event]) -> VerifyResult:

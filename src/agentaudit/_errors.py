@@ -6,7 +6,13 @@ callers who construct bad values or ask a store for something it cannot do.
 
 from __future__ import annotations
 
-__all__ = ["AgentAuditError", "RunNotFoundError", "SchemaVersionError", "StoreError"]
+__all__ = [
+    "AgentAuditError",
+    "CommitTimeout",
+    "RunNotFoundError",
+    "SchemaVersionError",
+    "StoreError",
+]
 
 
 class AgentAuditError(Exception):
@@ -15,6 +21,12 @@ class AgentAuditError(Exception):
 
 class StoreError(AgentAuditError):
     """A store could not do what was asked (closed, unreachable, corrupt)."""
+
+
+class CommitTimeout(StoreError, TimeoutError):
+    """A store took an item but could not make it durable in the time its caller
+    waited. The item stays queued and lands when the store can write: a Writer that
+    gets this for an event counts a fault and goes on from that event."""
 
 
 class SchemaVersionError(StoreError):

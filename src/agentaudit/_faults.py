@@ -40,6 +40,15 @@ class Faults:
 
     def report(self, kind: str, exc: BaseException | None = None, run_id: str | None = None) -> None:
         """Record one fault. Raises ``exc`` (or a RuntimeError) in strict mode."""
+        self.count(kind, exc, run_id)
+        if self.strict:
+            if exc is not None:
+                raise exc
+            raise RuntimeError(f"agentaudit fault {kind} (run {run_id})")
+
+    def count(self, kind: str, exc: BaseException | None = None, run_id: str | None = None) -> None:
+        """Record one fault without raising, even in strict mode: for a fault found
+        where no caller can take an exception (a callback on a store's thread)."""
         with self._lock:
             self._counts[kind] = self._counts.get(kind, 0) + 1
             key = (kind, run_id)
@@ -57,10 +66,6 @@ class Faults:
                 f"{type(exc).__name__}: {exc}" if exc is not None else "no detail",
                 exc_info=exc if exc is not None and logger.isEnabledFor(logging.DEBUG) else None,
             )
-        if self.strict:
-            if exc is not None:
-                raise exc
-            raise RuntimeError(f"agentaudit fault {kind} (run {run_id})")
 
     def guard(self, kind: str, run_id: str | None = None) -> _Guard:
         """Run the ``with`` body; an ``Exception`` in it becomes a fault of ``kind``.

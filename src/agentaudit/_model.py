@@ -62,13 +62,20 @@ class RunStatus(str, Enum):
 TERMINAL_STATUSES: tuple[RunStatus, ...] = tuple(s for s in RunStatus if s.is_terminal)
 
 
+# The largest count a store keeps: a signed 64-bit integer, as SQLite, PostgreSQL
+# and MySQL store them. A larger count is refused where it is made, not by the disk.
+MAX_COUNT = 2**63 - 1
+
+
 def _check_count(owner: str, name: str, value: object) -> None:
-    if type(value) is int and value >= 0:  # the common case, in one test
+    if type(value) is int and 0 <= value <= MAX_COUNT:  # the common case, in one test
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{owner}.{name} must be an int, got {type(value).__name__}")
     if value < 0:
         raise ValueError(f"{owner}.{name} must be >= 0, got {value}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{owner}.{name} must be at most 2**63 - 1, got {value}")
 
 
 def _check_str(owner: str, name: str, value: object, *, empty_ok: bool = True) -> None:
@@ -105,7 +112,7 @@ class Usage:
     def __post_init__(self) -> None:
         i, o, r, c = self.input_tokens, self.output_tokens, self.reasoning_tokens, self.cache_read_tokens
         exact = type(i) is int and type(o) is int and type(r) is int and type(c) is int
-        if exact and i >= 0 and o >= 0 and r >= 0 and c >= 0:
+        if exact and 0 <= i <= MAX_COUNT and 0 <= o <= MAX_COUNT and 0 <= r <= MAX_COUNT and 0 <= c <= MAX_COUNT:
             return  # the common case, without a call per field
         for name in ("input_tokens", "output_tokens", "reasoning_tokens", "cache_read_tokens"):
             _check_count("Usage", name, getattr(self, name))
@@ -123,6 +130,10 @@ def canonical_arguments(arguments: str | Mapping[str, Any] | None) -> str:
             return "{}"
         try:
             parsed = json.loads(text)
+        except RecursionError:
+            raise ValueError(
+                f"ToolCall.arguments is JSON nested too deeply to parse: {arguments[:80]!r}"
+            ) from None
         except ValueError as exc:
             raise ValueError(
                 f"ToolCall.arguments must be JSON text or a mapping; got a string that is not JSON "
@@ -262,8 +273,8 @@ class RunStats:
         if self.cost_usd is not None:
             if isinstance(self.cost_usd, bool) or not isinstance(self.cost_usd, (int, float)):
                 raise ValueError(f"RunStats.cost_usd must be a number, got {type(self.cost_usd).__name__}")
-            if not self.cost_usd >= 0:  # also rejects NaN
-                raise ValueError(f"RunStats.cost_usd must be >= 0, got {self.cost_usd}")
+            if not 0 <= self.cost_usd < float("inf"):  # also rejects NaN
+                raise ValueError(f"RunStats.cost_usd must be a finite number >= 0, got {self.cost_usd}")
 
 
 @dataclass(frozen=True, slots=True)

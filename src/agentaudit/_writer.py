@@ -1,57 +1,122 @@
 """The per-run Writer: the seed's OnStep / OnTool / LogEvent / LogError / Close.
 
 Why a writer per run: framework hooks do not know run identity; the writer captures
-the run id and policy at construction so each hook call stays small. Every hook
-never raises: a fault in our code or the store is logged once, counted, and dropped,
-because audit must not break the agent.
+the run id and policy at construction so each hook call stays small.
+
+How an event travels, in one direction: a hook builds its payload on the caller's
+thread (every text masked, cleaned and capped, so no store can refuse it for its
+content), then `Writer._record` seals it (`_chain.seal_event`: sequence, time,
+canonical JSON, hash) under the run's lock and hands the sealed events to the store
+through its public protocol (`append_events` when the store has it, else
+`append_log` one by one). The chain advances only when the store took them. The
+store never calls back.
+
+Every hook never raises: a fault in our code or the store is logged once per kind
+per run, counted on the auditor, and dropped, because audit must not break the
+agent. ``strict=True`` re-raises, for tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from . import _finisher
-from ._caps import RUN_IO_MAX, STEP_TEXT_MAX, TOOL_RESULT_MAX, cap, utf8_len
-from ._chain import chain_hash, format_time
+from . import _finisher, payloads
+from ._caps import (
+    ARGS_MAX,
+    EVENT_TYPE_MAX,
+    PAYLOAD_MAX,
+    RUN_IO_MAX,
+    STEP_TEXT_MAX,
+    TOOL_RESULT_MAX,
+    VALUE_MAX,
+    cap,
+    utf8_len,
+)
+from ._chain import seal_event
+from ._errors import CommitTimeout
 from ._faults import Faults
-from ._model import Event, Response, RunStats, RunStatus, ToolCall
+from ._model import MAX_COUNT, Event, Response, RunStats, RunStatus, ToolCall
 from ._pricing import Pricing, price_step
 from ._redaction import RedactionPolicy
 from ._serialize import canonical_json, clean_str, safe_text, to_jsonable
 
 __all__ = ["DEFAULT_FINISH_TIMEOUT", "NOOP_WRITER", "Writer"]
 
-# Caps how long close waits on the store's finish_run. 10 s is generous for one
-# row; longer means a hung store the agent should not keep waiting on.
+# Caps how long close waits on the store's finish. 10 s is generous for one row;
+# longer means a hung store the agent should not keep waiting on.
 DEFAULT_FINISH_TIMEOUT = 10.0
 
 _DEFAULT_POLICY = RedactionPolicy()
-
-_FAST_PATHS: dict[tuple[type, str], bool] = {}
-
-
-def _owner(cls: type, name: str) -> type | None:
-    return next((c for c in cls.__mro__ if name in c.__dict__), None)
+# Containers deeper or wider than this are cut before anything else is done with
+# them: a 50 MB payload must not cost the agent's thread a walk over all of it.
+_MAX_ITEMS = 1000
+_MAX_DEPTH = 16
 
 
-def store_fast_path(store: Any, name: str, stands_for: str) -> Any:
-    """``store``'s private shortcut ``name`` for the protocol method ``stands_for``
-    (bound), or None. Taken only when one class defines both: a subclass that
-    overrides ``stands_for``, or a wrapper that forwards attributes with
-    ``__getattr__`` (a fault-injecting test store), must not be bypassed."""
-    cls = type(store)
-    key = (cls, name)
-    usable = _FAST_PATHS.get(key)
-    if usable is None:
-        owner = _owner(cls, name)
-        usable = _FAST_PATHS[key] = owner is not None and owner is _owner(cls, stands_for)
-    return getattr(store, name) if usable else None
+def _trimmed(value: Any, depth: int = 0) -> Any:
+    """``value`` with long strings, wide containers and deep nesting cut (cheap,
+    before the JSON conversion and masking that would otherwise walk all of it)."""
+    if isinstance(value, str):
+        return value if len(value) <= 4 * VALUE_MAX else value[: 4 * VALUE_MAX]
+    if depth >= _MAX_DEPTH and isinstance(value, (Mapping, list, tuple, set, frozenset)):
+        return f"<too deep {type(value).__qualname__}>"
+    if isinstance(value, Mapping):
+        try:
+            items = list(_first(value.items(), _MAX_ITEMS + 1))
+        except Exception:
+            return value  # to_jsonable turns it into a placeholder
+        out = {k: _trimmed(v, depth + 1) for k, v in items[:_MAX_ITEMS]}
+        if len(items) > _MAX_ITEMS:
+            out["…"] = f"[+{len(value) - _MAX_ITEMS} more keys]"
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        kept = [_trimmed(v, depth + 1) for v in _first(value, _MAX_ITEMS)]
+        if len(value) > _MAX_ITEMS:
+            kept.append(f"…[+{len(value) - _MAX_ITEMS} more items]")
+        return kept
+    return value
+
+
+def _first(items: Iterable[Any], n: int) -> Iterable[Any]:
+    for i, item in enumerate(items):
+        if i >= n:
+            return
+        yield item
+
+
+def _check_tool_call(call: Any) -> None:
+    if not isinstance(call, ToolCall):
+        raise TypeError(f"a tool hook takes an aa.ToolCall, got {type(call).__name__}")
+
+
+def _duration(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"duration_ms must be a finite number or None, got {value!r}")
+    return round(float(value), 3)
+
+
+def _add_count(total: int, value: int) -> int:
+    # SQLite and PostgreSQL integers are 64-bit: a total saturates rather than overflow.
+    return min(total + value, MAX_COUNT)
+
+
+class _OpenTool:
+    """A tool call recorded at its start whose result has not come yet."""
+
+    __slots__ = ("call", "started")
+
+    def __init__(self, call: ToolCall, started: float) -> None:
+        self.call = call
+        self.started = started
 
 
 class Writer:
@@ -73,9 +138,8 @@ class Writer:
         finish_timeout: float = DEFAULT_FINISH_TIMEOUT,
     ) -> None:
         self._store = store
-        # A store that seals events itself, later and in batches (SQLiteStore, when
-        # it commits them), takes them unsealed: see _append and _seal.
-        self._append_deferred = store_fast_path(store, "_append_deferred", "append_log")
+        # The optional batch method (see stores.BatchingStore), when the store has it.
+        self._append_events = _optional_method(store, "append_events", "append_log")
         self.run_id = run_id
         self._policy = redaction or _DEFAULT_POLICY
         self._pricing = pricing
@@ -93,6 +157,7 @@ class Writer:
         self._output: Any = None
         self._closed = False
         self._resolved_model_logged = False
+        self._open_tools: list[_OpenTool] = []
         self._started = time.monotonic()
         self._last_step = 0.0
 
@@ -116,42 +181,64 @@ class Writer:
             return self._input_tokens, self._output_tokens, self._thinking_tokens
 
     def tool_calls_count(self) -> int:
-        """How many tool invocations ``on_tool`` has seen so far."""
+        """How many tool calls have been recorded so far."""
         return self._calls
 
     def steps_count(self) -> int:
-        """How many steps ``on_step`` has seen so far."""
+        """How many steps ``on_step`` has recorded so far."""
         return self._steps
+
+    @property
+    def events_count(self) -> int:
+        """How many events the store has taken for this run so far."""
+        return self._seq
 
     def set_output(self, output: Any) -> None:
         """The run's output, used by ``close`` when its RunStats carries none."""
         self._output = output
 
-    # -- text hygiene -----------------------------------------------------------------
-    def _persistable(self, text: str, field: str) -> str:
-        """Secrets masked, then the user's mask, lone surrogates cleaned."""
+    # -- text hygiene: every recorded string passes through here ------------------------
+    def _text(self, text: str, field: str, max_bytes: int = VALUE_MAX) -> str:
+        """``text`` as it may be persisted: cut, secrets masked, the user's mask run,
+        lone surrogates cleaned, then capped to ``max_bytes``."""
+        return self._text_capped(text, field, max_bytes)[0]
+
+    def _text_capped(self, text: str, field: str, max_bytes: int) -> tuple[str, bool]:
+        # Masking is regex work: bound it by the cap first (a masked value only
+        # shrinks to its marker, so nothing kept is lost by cutting first).
+        cut = len(text) > 4 * max_bytes
+        if cut:
+            text = text[: 4 * max_bytes]
         policy = self._policy
         text = policy.mask_secrets(clean_str(text))
         if policy.mask is not None and policy.enabled:
             try:
-                text = policy.mask(text)
-                if not isinstance(text, str):
-                    raise TypeError(f"mask returned {type(text).__name__}, not str")
+                masked = policy.mask(text)
+                if not isinstance(masked, str):
+                    raise TypeError(f"mask returned {type(masked).__name__}, not str")
+                text = clean_str(masked)
             except Exception as exc:
                 self._faults.report("mask", exc, self.run_id)
-                return f"<mask failed on {field}>"
-        return text
+                return f"<mask failed on {field}>", False
+        capped, truncated = cap(text, max_bytes)
+        return capped, truncated or cut
 
-    def _persist_value(self, value: Any, field: str) -> Any:
-        """A JSON-like value with every string made persistable and secret keys masked."""
-        value = self._policy.mask_keys(to_jsonable(value))
-        return self._walk(value, field)
+    def _value(self, value: Any, field: str, max_bytes: int = PAYLOAD_MAX) -> Any:
+        """A JSON-like value as it may be persisted: trimmed, converted, secret keys
+        masked, every key and string made persistable, the whole bounded by
+        ``max_bytes`` of JSON (past it, a capped preview of the JSON is kept)."""
+        value = self._policy.mask_keys(to_jsonable(_trimmed(value)))
+        value = self._walk(value, field)
+        text = canonical_json(value)
+        if utf8_len(text) <= max_bytes:
+            return value
+        return {"truncated_payload": cap(text, max_bytes)[0]}
 
     def _walk(self, value: Any, field: str) -> Any:
         if isinstance(value, str):
-            return self._persistable(value, field)
+            return self._text(value, field)
         if isinstance(value, dict):
-            return {k: self._walk(v, field) for k, v in value.items()}
+            return {self._text(k, field, EVENT_TYPE_MAX): self._walk(v, field) for k, v in value.items()}
         if isinstance(value, list):
             return [self._walk(v, field) for v in value]
         return value
@@ -160,7 +247,71 @@ class Writer:
         text = call.arguments
         if self._policy.may_hold_secret_key(text):
             text = canonical_json(self._policy.mask_keys(call.args))
-        return self._persistable(text, "tool_call.args")
+        return self._text(text, "tool_call.args", ARGS_MAX)
+
+    # -- the one way events are recorded ------------------------------------------------
+    def _record(self, events: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """Seal ``events`` (type, finished payload) and hand them to the store; how
+        many it took. Refused after close."""
+        with self._lock:
+            if self._closed:
+                raise _AfterClose(f"run {self.run_id} is closed; {events[0][0]} not recorded")
+            return self._record_locked(events)
+
+    def _record_locked(self, events: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """`_record` with the run's lock held: seal, hand over, and advance the chain
+        to the last event the store took (so the log never has a gap)."""
+        created = datetime.now(timezone.utc)
+        run_id = self.run_id
+        seq, prev = self._seq, self._prev_hash
+        sealed: list[Event] = []
+        for event_type, payload in events:
+            seq += 1
+            event = seal_event(run_id, seq, prev, event_type, payload, created)
+            sealed.append(event)
+            prev = event.hash
+        taken, error = self._hand_over(sealed)
+        if taken:
+            self._seq, self._prev_hash = sealed[taken - 1].sequence, sealed[taken - 1].hash
+        if error is not None:
+            # A CommitTimeout means taken, still queued: it lands later.
+            self._faults.report(
+                "commit_timeout" if isinstance(error, CommitTimeout) else "append_log", error, run_id
+            )
+        return taken
+
+    def _hand_over(self, events: list[Event]) -> tuple[int, Exception | None]:
+        """Give ``events`` to the store: how many it took, in order, and why it
+        stopped (or why they are not durable yet: a CommitTimeout)."""
+        if self._append_events is not None:
+            try:
+                self._append_events(events)
+            except CommitTimeout as exc:
+                return len(events), exc
+            except Exception as exc:
+                return 0, exc
+            return len(events), None
+        taken, error = 0, None
+        for event in events:  # a store with the one-event protocol method only
+            try:
+                self._store.append_log(event)
+            except CommitTimeout as exc:
+                error = exc
+            except Exception as exc:
+                return taken, exc
+            taken += 1
+        return taken, error
+
+    def _hook(self, kind: str, build: Callable[[], Sequence[tuple[str, dict[str, Any]]] | None]) -> None:
+        """Run one hook: build its events and record them, faults counted."""
+        try:
+            events = build()
+            if events:
+                self._record(events)
+        except _AfterClose as exc:
+            self._faults.report("after_close", exc, self.run_id)
+        except Exception as exc:
+            self._faults.report(kind, exc, self.run_id)
 
     # -- hooks ------------------------------------------------------------------------
     def on_step(
@@ -169,83 +320,149 @@ class Writer:
         """Record one model step: a ``step`` event, and the one-shot ``resolved_model``."""
         if self._store is None:
             return
-        try:
-            self._on_step(iter, response, extra)
-        except Exception as exc:
-            self._faults.report("on_step", exc, self.run_id)
+        self._hook("on_step", lambda: self._step_events(iter, response, extra))
 
-    def _on_step(self, iter: int, response: Response | None, extra: Mapping[str, Any] | None) -> None:
-        now = time.monotonic()
-        resolved = ""
-        with self._lock:
-            # Step-to-step wall time (model call + the previous step's tools): a long
-            # gap localises a slow or hung model call.
-            prev = self._last_step or self._started
-            step_ms = round((now - prev) * 1000.0, 3)
-            self._last_step = now
-            self._steps += 1
-            if response is not None:
-                usage = response.usage
-                self._input_tokens += usage.input_tokens
-                self._output_tokens += usage.output_tokens
-                self._thinking_tokens += usage.reasoning_tokens
-                if self._pricing is not None and response.model:
-                    try:
-                        cost = price_step(self._pricing, response.model, usage)
-                    except Exception as exc:
-                        cost = None
-                        self._faults.report("pricing", exc, self.run_id)
-                    if cost is not None:
-                        self._cost = (self._cost or 0.0) + cost
-                if response.model and not self._resolved_model_logged:
-                    # The first step naming a model records which model served the run,
-                    # even if the run errors before a useful step.
-                    self._resolved_model_logged = True
-                    resolved = response.model
-        # The caller's extra values may change after this returns: copied now. The
-        # Response is frozen, so its payload can be built later (see _seal).
-        persisted = (
-            {key: self._persist_value(value, f"step.{key}") for key, value in extra.items()}
-            if extra
-            else None
-        )
-        step = (self._step_payload, iter, step_ms, response, persisted)
-        if resolved:
-            self._append(("step", step), ("resolved_model", {"model": resolved}))
-        else:
-            self._append(("step", step))
-
-    def _step_payload(
-        self, iter: int, step_ms: float, response: Response | None, extra: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        payload: dict[str, Any] = {"iter": iter, "step_ms": step_ms}
+    def _step_events(
+        self, iter: int, response: Response | None, extra: Mapping[str, Any] | None
+    ) -> list[tuple[str, dict[str, Any]]] | None:
+        if isinstance(iter, bool) or not isinstance(iter, int):
+            raise TypeError(f"on_step's iter must be an int, got {type(iter).__name__}")
+        if response is not None and not isinstance(response, Response):
+            raise TypeError(
+                f"on_step takes an aa.Response or None, got {type(response).__name__} "
+                "(aa.record_step reads provider objects)"
+            )
+        if extra is not None and not isinstance(extra, Mapping):
+            raise TypeError(f"on_step's extra must be a mapping, got {type(extra).__name__}")
+        payload: dict[str, Any] = {payloads.ITER: iter, payloads.STEP_MS: 0.0}
+        model = ""
         if response is None:
-            payload["text_len"] = 0
+            payload[payloads.TEXT_LEN] = 0
         else:
             text = response.text.strip()
-            payload["text_len"] = utf8_len(response.text)
+            payload[payloads.TEXT_LEN] = utf8_len(response.text)
             if response.model:
-                payload["model"] = response.model
+                model = payload[payloads.MODEL] = self._text(response.model, "step.model")
             if response.finish_reason:
-                payload["finish_reason"] = response.finish_reason
+                payload[payloads.FINISH_REASON] = self._text(response.finish_reason, "step.finish_reason")
             usage = response.usage
-            payload["in_tokens"] = usage.input_tokens
-            payload["out_tokens"] = usage.output_tokens
+            payload[payloads.IN_TOKENS] = usage.input_tokens
+            payload[payloads.OUT_TOKENS] = usage.output_tokens
             if usage.reasoning_tokens > 0:
-                payload["thinking_tokens"] = usage.reasoning_tokens
+                payload[payloads.THINKING_TOKENS] = usage.reasoning_tokens
             if usage.cache_read_tokens > 0:
-                payload["cache_read_tokens"] = usage.cache_read_tokens
+                payload[payloads.CACHE_READ_TOKENS] = usage.cache_read_tokens
             if text:
                 # Narration next to a secret-bearing tool may echo the secret it sends.
                 if self._policy.step_fires_secret_tool(c.name for c in response.tool_calls):
-                    payload["text_redacted"] = True
+                    payload[payloads.TEXT_REDACTED] = True
                 else:
-                    payload["text"] = cap(self._persistable(text, "step.text"), STEP_TEXT_MAX)[0]
+                    payload[payloads.TEXT] = self._text(text, "step.text", STEP_TEXT_MAX)
         if extra:
-            for key, value in extra.items():
-                if key not in payload:
-                    payload[key] = value
-        return payload
+            persisted = self._value(dict(extra), "step.extra")
+            for key, value in persisted.items():
+                payload.setdefault(key, value)
+        cost = self._step_cost(response)
+        now = time.monotonic()
+        with self._lock:
+            if self._closed:
+                raise _AfterClose(f"run {self.run_id} is closed; step not recorded")
+            # Step-to-step wall time (model call + the previous step's tools): a long
+            # gap localises a slow or hung model call.
+            payload[payloads.STEP_MS] = round((now - (self._last_step or self._started)) * 1000.0, 3)
+            events: list[tuple[str, dict[str, Any]]] = [(payloads.STEP, payload)]
+            first_model = bool(model) and not self._resolved_model_logged
+            if first_model:
+                # The first step naming a model records which model served the run,
+                # even if the run errors before a useful step.
+                events.append((payloads.RESOLVED_MODEL, {payloads.MODEL: model}))
+            if not self._record_locked(events):
+                return None  # not taken: the step did not happen, as far as the log knows
+            self._last_step = now
+            self._steps += 1
+            self._resolved_model_logged = self._resolved_model_logged or first_model
+            if response is not None:
+                usage = response.usage
+                self._input_tokens = _add_count(self._input_tokens, usage.input_tokens)
+                self._output_tokens = _add_count(self._output_tokens, usage.output_tokens)
+                self._thinking_tokens = _add_count(self._thinking_tokens, usage.reasoning_tokens)
+            if cost is not None:
+                self._cost = (self._cost or 0.0) + cost
+        return None
+
+    def _step_cost(self, response: Response | None) -> float | None:
+        if self._pricing is None or response is None or not response.model:
+            return None
+        try:
+            cost = price_step(self._pricing, response.model, response.usage)
+            if cost is not None and not (math.isfinite(cost) and cost >= 0):
+                raise ValueError(f"pricing gave {cost!r} for {response.model!r}; a cost is a finite number >= 0")
+        except Exception as exc:
+            self._faults.report("pricing", exc, self.run_id)
+            return None
+        return cost
+
+    def tool_started(self, call: ToolCall) -> None:
+        """Record that a tool was called, before it runs (``tool_call``): a crash or
+        an interrupt mid-tool still leaves the intent on record. Pair it with
+        :meth:`tool_finished`; a tool still running at ``close`` gets a cancelled
+        result."""
+        if self._store is None:
+            return
+        self._hook("tool_started", lambda: self._tool_start(call))
+
+    def _tool_start(self, call: ToolCall) -> None:
+        _check_tool_call(call)
+        event = (payloads.TOOL_CALL, self._tool_call_payload(call))
+        with self._lock:
+            if self._closed:
+                raise _AfterClose(f"run {self.run_id} is closed; tool_call not recorded")
+            if self._record_locked([event]):
+                self._calls += 1
+                self._open_tools.append(_OpenTool(call, time.monotonic()))
+
+    def tool_finished(
+        self, call: ToolCall, result: Any, *, error: bool = False, duration_ms: float | None = None
+    ) -> None:
+        """Record the result of a tool whose start :meth:`tool_started` recorded
+        (``tool_result``). A call with no recorded start is recorded whole, as by
+        :meth:`on_tool`. ``duration_ms`` defaults to the time since its start."""
+        if self._store is None:
+            return
+        self._hook("tool_finished", lambda: self._tool_finish(call, result, error, duration_ms))
+
+    def _tool_finish(self, call: ToolCall, result: Any, error: bool, duration_ms: Any) -> None:
+        _check_tool_call(call)
+        ms = _duration(duration_ms)
+        text = safe_text(result)
+        now = time.monotonic()
+        with self._lock:
+            if self._closed:
+                raise _AfterClose(f"run {self.run_id} is closed; tool_result not recorded")
+            opened = self._take_open(call)
+        if opened is None:
+            self._tool_whole(call, text, error, ms)
+            return
+        if ms is None:
+            ms = round((now - opened.started) * 1000.0, 3)
+        event = (payloads.TOOL_RESULT, self._tool_result_payload(call, text, bool(error), ms))
+        with self._lock:
+            if self._closed:
+                raise _AfterClose(f"run {self.run_id} is closed; tool_result not recorded")
+            if not self._record_locked([event]):
+                self._open_tools.append(opened)  # still open: close gives it its result
+
+    def _take_open(self, call: ToolCall) -> _OpenTool | None:
+        tools = self._open_tools
+        for match in (
+            lambda t: t.call == call,
+            lambda t: bool(call.id) and t.call.id == call.id,
+            lambda t: not call.id and t.call.name == call.name,
+        ):
+            for i, tool in enumerate(tools):
+                if match(tool):
+                    return tools.pop(i)
+        return None
 
     def on_tool(
         self,
@@ -255,198 +472,201 @@ class Writer:
         error: bool = False,
         duration_ms: float | None = None,
     ) -> None:
-        """Record one executed tool call: ``tool_call`` then ``tool_result``, adjacent."""
+        """Record one executed tool call: ``tool_call`` then ``tool_result``, adjacent
+        (the seed's one-call form, for a loop that learns of a tool once it ran)."""
         if self._store is None:
             return
-        try:
-            with self._lock:
+        self._hook("on_tool", lambda: self._tool_whole(call, safe_text(result), error, _duration(duration_ms)))
+
+    def _tool_whole(self, call: ToolCall, text: str, error: Any, ms: float | None) -> None:
+        _check_tool_call(call)
+        events = [
+            (payloads.TOOL_CALL, self._tool_call_payload(call)),
+            (payloads.TOOL_RESULT, self._tool_result_payload(call, text, bool(error), ms)),
+        ]
+        with self._lock:
+            if self._closed:
+                raise _AfterClose(f"run {self.run_id} is closed; tool not recorded")
+            if self._record_locked(events):
                 self._calls += 1
-            # The result as text now (it may be a mutable object); the ToolCall is
-            # frozen. The payloads are built later (see _seal).
-            text = safe_text(result)
-            ms = None if duration_ms is None else round(float(duration_ms), 3)
-            self._append(
-                ("tool_call", (self._tool_call_payload, call)),
-                ("tool_result", (self._tool_result_payload, call, text, error, ms)),
-            )
-        except Exception as exc:
-            self._faults.report("on_tool", exc, self.run_id)
 
     def _tool_call_payload(self, call: ToolCall) -> dict[str, Any]:
-        return {"name": clean_str(call.name), "args": self._args_json(call), "id": clean_str(call.id)}
+        return {
+            payloads.NAME: self._text(call.name, "tool_call.name", EVENT_TYPE_MAX),
+            payloads.ARGS: self._args_json(call),
+            payloads.ID: self._text(call.id, "tool_call.id", EVENT_TYPE_MAX),
+        }
 
     def _tool_result_payload(
         self, call: ToolCall, text: str, error: bool, duration_ms: float | None
     ) -> dict[str, Any]:
-        capped, truncated = cap(self._persistable(text, "tool_result.result"), TOOL_RESULT_MAX)
+        capped, truncated = self._text_capped(text, "tool_result.result", TOOL_RESULT_MAX)
         payload: dict[str, Any] = {
-            "name": clean_str(call.name),
-            "id": clean_str(call.id),
-            "result": capped,
-            "truncated": truncated,
+            payloads.NAME: self._text(call.name, "tool_result.name", EVENT_TYPE_MAX),
+            payloads.ID: self._text(call.id, "tool_result.id", EVENT_TYPE_MAX),
+            payloads.RESULT: capped,
+            payloads.TRUNCATED: truncated,
         }
         if error:
-            payload["error"] = True
+            payload[payloads.ERROR_FLAG] = True
         if duration_ms is not None:
-            payload["duration_ms"] = duration_ms
+            payload[payloads.DURATION_MS] = duration_ms
         return payload
 
     def log_event(self, event_type: str, payload: Mapping[str, Any] | None = None) -> None:
         """Record a custom event (e.g. ``compaction_fired``) mid-run."""
         if self._store is None:
             return
-        try:
-            if not isinstance(event_type, str) or not event_type.strip():
-                raise ValueError(f"event_type must be a non-empty str, got {event_type!r}")
-            body = self._persist_value(dict(payload or {}), event_type)
-            self._append((event_type, body))
-        except Exception as exc:
-            self._faults.report("log_event", exc, self.run_id)
+        self._hook("log_event", lambda: self._custom_event(event_type, payload))
+
+    def _custom_event(self, event_type: Any, payload: Any) -> list[tuple[str, dict[str, Any]]]:
+        if not isinstance(event_type, str) or not event_type.strip():
+            raise ValueError(f"event_type must be a non-empty str, got {event_type!r}")
+        if payload is not None and not isinstance(payload, Mapping):
+            raise TypeError(f"log_event's payload must be a mapping or None, got {type(payload).__name__}")
+        kind = self._text(event_type.strip(), "event_type", EVENT_TYPE_MAX)
+        body = self._value(dict(payload or {}), kind)
+        return [(kind, body)]
 
     def log_error(self, message: str) -> None:
         """Record an ``error`` event mid-run; distinct from the terminal status."""
         if self._store is None:
             return
-        try:
-            text = cap(self._persistable(safe_text(message), "error.message"), RUN_IO_MAX)[0]
-            self._append(("error", {"message": text}))
-        except Exception as exc:
-            self._faults.report("log_error", exc, self.run_id)
-
-    # -- sealing ----------------------------------------------------------------------
-    def _append(self, *items: tuple[str, Any]) -> None:
-        """Record events: (type, payload), the payload a dict or a (build, *args)
-        tuple that makes it (see _seal)."""
-        store = self._store
-        run_id = self.run_id
-        with self._lock:
-            created = datetime.now(timezone.utc)
-            deferred = self._append_deferred
-            if deferred is not None:
-                # The store calls _seal when it takes these for a commit: the JSON, the
-                # time text and the hash are made there, in a batch, not here on the
-                # agent's thread one event at a time.
-                try:
-                    if deferred(self._seal, items, created):
-                        return
-                except Exception as exc:
-                    self._faults.report("append_log", exc, run_id)
-                    return
-            created_text = format_time(created)
-            for event_type, payload in items:
-                if type(payload) is tuple:  # built now (a fault here is the hook's)
-                    payload = payload[0](*payload[1:])
-                seq = self._seq + 1
-                body = canonical_json(payload)
-                prev = self._prev_hash
-                digest = chain_hash(prev, run_id, seq, event_type, created_text, body)
-                try:
-                    store.append_log(Event(run_id, seq, event_type, payload, created, prev, digest))
-                except Exception as exc:
-                    # Not taken: the sequence is not advanced, so the log keeps no gap.
-                    self._faults.report("append_log", exc, self.run_id)
-                    continue
-                self._seq = seq
-                self._prev_hash = digest
-
-    def _seal(
-        self, items: tuple[tuple[str, Any], ...], created: datetime
-    ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-        """The stored rows of events handed to ``_append_deferred``: (run id, sequence,
-        type, payload JSON, time text, previous hash, hash) and the payload. The store
-        calls it once per hand-over, in the order they were handed over, one call at a
-        time (so the chain needs no lock of its own)."""
-        run_id = self.run_id
-        created_text = format_time(created)
-        rows = []
-        for event_type, payload in items:
-            if type(payload) is tuple:
-                try:
-                    payload = payload[0](*payload[1:])
-                except Exception as exc:  # this event only; the chain skips it
-                    self._faults.report(f"render.{event_type}", exc, run_id)
-                    continue
-            seq = self._seq + 1
-            body = canonical_json(payload)
-            prev = self._prev_hash
-            digest = chain_hash(prev, run_id, seq, event_type, created_text, body)
-            rows.append(((run_id, seq, event_type, body, created_text, prev, digest), payload))
-            self._seq = seq
-            self._prev_hash = digest
-        return rows
+        self._hook(
+            "log_error",
+            lambda: [(payloads.ERROR, {payloads.MESSAGE: self._text(safe_text(message), "error.message", RUN_IO_MAX)})],
+        )
 
     # -- closing ----------------------------------------------------------------------
-    def _resolve(self, stats: RunStats | None) -> RunStats | None:
+    def _final_stats(self, stats: Any) -> RunStats:
+        """The run's final record, whatever ``stats`` is: a bad argument closes the run
+        as failed with the reason (and counts a fault) instead of leaving it running."""
+        try:
+            stats = _as_stats(stats)
+        except (TypeError, ValueError) as exc:
+            stats = RunStats(status=RunStatus.FAILED, error=f"close() was given a bad argument: {exc}")
+            self._faults.report("close_argument", exc, self.run_id)
+        output = stats.output if stats.output is not None else self._output
+        cost = self._cost if stats.cost_usd is None else stats.cost_usd
+        return RunStats(
+            status=stats.status,
+            output=self._text(safe_text(output), "run.output", RUN_IO_MAX),
+            error=self._text(stats.error, "run.error", RUN_IO_MAX),
+            input_tokens=self._input_tokens if stats.input_tokens is None else stats.input_tokens,
+            output_tokens=self._output_tokens if stats.output_tokens is None else stats.output_tokens,
+            thinking_tokens=(
+                self._thinking_tokens if stats.thinking_tokens is None else stats.thinking_tokens
+            ),
+            cost_usd=cost if cost is None or math.isfinite(cost) else None,
+            tool_calls=self._calls,
+            steps=self._steps,
+        )
+
+    def _close_record(self, stats: Any) -> tuple[RunStats, list[Exception]] | None:
+        """Close the run's log: tools still running get their cancelled result, later
+        hooks are refused. Returns the final stats and, in strict mode, the faults to
+        raise once the finish is on its way (the run must end either way). None when
+        already closed."""
+        deferred: list[Exception] = []
+
+        def fault(exc: Exception) -> None:
+            if self._faults.strict:
+                deferred.append(exc)  # counted by report() before it raised
+            else:  # report() does not raise here: this is a bug of ours
+                self._faults.count("close", exc, self.run_id)
+
         with self._lock:
             if self._closed:
                 return None
             self._closed = True
-            stats = stats if stats is not None else RunStats(status=RunStatus.SUCCEEDED)
-            output = stats.output if stats.output is not None else self._output
-            return RunStats(
-                status=stats.status,
-                output=cap(self._persistable(safe_text(output), "run.output"), RUN_IO_MAX)[0],
-                error=cap(self._persistable(stats.error, "run.error"), RUN_IO_MAX)[0],
-                input_tokens=self._input_tokens if stats.input_tokens is None else stats.input_tokens,
-                output_tokens=self._output_tokens if stats.output_tokens is None else stats.output_tokens,
-                thinking_tokens=(
-                    self._thinking_tokens if stats.thinking_tokens is None else stats.thinking_tokens
-                ),
-                cost_usd=self._cost if stats.cost_usd is None else stats.cost_usd,
+            open_tools, self._open_tools = self._open_tools, []
+            for tool in open_tools:
+                try:
+                    elapsed = round((time.monotonic() - tool.started) * 1000.0, 3)
+                    result = self._tool_result_payload(
+                        tool.call, payloads.CANCELLED_TOOL_RESULT, True, elapsed
+                    )
+                    self._record_locked([(payloads.TOOL_RESULT, result)])
+                except Exception as exc:
+                    fault(exc)
+        try:
+            final = self._final_stats(stats)
+        except Exception as exc:  # never leave the run running for a fault of ours
+            fault(exc)
+            final = RunStats(
+                status=RunStatus.FAILED,
+                error=f"agentaudit could not record the run's ending: {type(exc).__name__}",
                 tool_calls=self._calls,
                 steps=self._steps,
             )
+        return final, deferred
 
     def _submit_finish(self, stats: RunStats) -> concurrent.futures.Future[Any]:
+        """The store's finish, under way: its future settles once the run and all its
+        events are durable. A store with ``submit_finish`` runs it itself (the SQLite
+        store: its writer thread); any other store's ``finish_run`` runs on a finisher
+        thread, so a hung store costs ``close`` at most ``finish_timeout``."""
         store, run_id = self._store, self.run_id
         finished = datetime.now(timezone.utc)
-        return _finisher.submit(lambda: store.finish_run(run_id, stats, finished))
+        submit = _optional_method(store, "submit_finish", "finish_run")
+        if submit is None:
+            return _finisher.submit(lambda: store.finish_run(run_id, stats, finished))
+        try:
+            future: concurrent.futures.Future[Any] = submit(run_id, stats, finished)
+        except Exception as exc:  # reported as the finish's fault, like any other
+            future = concurrent.futures.Future()
+            future.set_exception(exc)
+        return future
 
-    def close(self, stats: RunStats | None = None) -> None:
-        """Finish the run (default: succeeded). Fills tool calls, steps, token totals and
-        cost from what the writer saw. Idempotent; returns within ``finish_timeout``
-        even when the store hangs (the finish still lands if it recovers); never raises."""
+    def close(self, stats: RunStats | RunStatus | str | None = None) -> None:
+        """Finish the run (default: succeeded). ``stats`` is a RunStats, or just a
+        status. Fills tool calls, steps, token totals and cost from what the writer
+        saw. Idempotent; never raises. Returns once the run is durable, or after
+        ``finish_timeout`` when the store hangs (the finish still lands if it
+        recovers). Called on a thread that runs an event loop, it does not wait
+        (the loop must not block): use ``aclose`` there to wait."""
         if self._store is None:
             return
+        closing = self._close_record(stats)
+        if closing is None:
+            return
+        final, deferred = closing
         try:
-            resolved = self._resolve(stats)
-            if resolved is None:
-                return
-            finish_within = store_fast_path(self._store, "_finish_run_within", "finish_run")
-            if finish_within is not None:
-                # A store that bounds its own wait (SQLiteStore) is called here: no
-                # hand-off to a finisher thread and back on every run's close.
+            future = self._submit_finish(final)
+            if _in_event_loop():
+                future.add_done_callback(self._finish_reported)
+            else:
                 try:
-                    finish_within(
-                        self.run_id, resolved, datetime.now(timezone.utc), self._finish_timeout
-                    )
-                except TimeoutError as exc:
+                    future.result(timeout=self._finish_timeout)
+                except concurrent.futures.TimeoutError as exc:
                     self._faults.report("finish_timeout", exc, self.run_id)
                 except Exception as exc:
                     self._faults.report("finish_run", exc, self.run_id)
-                return
-            future = self._submit_finish(resolved)
-            try:
-                future.result(timeout=self._finish_timeout)
-            except concurrent.futures.TimeoutError as exc:
-                self._faults.report("finish_timeout", exc, self.run_id)
-            except Exception as exc:
-                self._faults.report("finish_run", exc, self.run_id)
         except Exception as exc:
             self._faults.report("close", exc, self.run_id)
         finally:
             self._faults.forget(self.run_id)
+        if deferred:
+            raise deferred[0]
 
-    async def aclose(self, stats: RunStats | None = None) -> None:
+    def _finish_reported(self, future: concurrent.futures.Future[Any]) -> None:
+        # A finish nobody waited for (close on an event loop's thread): its fault is
+        # counted when it settles, never raised (there is no caller left to take it).
+        exc = future.exception()
+        if exc is not None:
+            self._faults.count("finish_run", exc, self.run_id)
+
+    async def aclose(self, stats: RunStats | RunStatus | str | None = None) -> None:
         """``close`` without blocking the event loop. Works in a cancelled task: the
         finish is shielded and lands even if this await is cancelled again."""
         if self._store is None:
             return
+        closing = self._close_record(stats)
+        if closing is None:
+            return
+        final, deferred = closing
         try:
-            resolved = self._resolve(stats)
-            if resolved is None:
-                return
-            future = asyncio.wrap_future(self._submit_finish(resolved))
+            future = asyncio.wrap_future(self._submit_finish(final))
             try:
                 await asyncio.wait_for(asyncio.shield(future), self._finish_timeout)
             except asyncio.TimeoutError as exc:
@@ -461,10 +681,48 @@ class Writer:
             self._faults.report("close", exc, self.run_id)
         finally:
             self._faults.forget(self.run_id)
+        if deferred:
+            raise deferred[0]
 
     def __repr__(self) -> str:
         state = "no-op" if self._store is None else ("closed" if self._closed else "open")
         return f"Writer(run_id={self.run_id!r}, {state}, events={self._seq})"
+
+
+class _AfterClose(Exception):
+    """A hook called on a closed run: refused and counted (kind ``after_close``)."""
+
+
+def _as_stats(stats: Any) -> RunStats:
+    if stats is None:
+        return RunStats(status=RunStatus.SUCCEEDED)
+    if isinstance(stats, RunStats):
+        return stats
+    if isinstance(stats, (RunStatus, str)):
+        return RunStats(status=stats)
+    raise TypeError(f"close() takes an aa.RunStats or a status, got {type(stats).__name__}")
+
+
+def _optional_method(store: Any, name: str, stands_for: str) -> Any:
+    """``store``'s optional protocol method ``name`` (bound), used only when the class
+    that defines it defines the plain method ``stands_for`` too: a subclass that
+    overrides only the plain method, or a wrapper forwarding attributes with
+    ``__getattr__``, is never bypassed."""
+    if store is None:
+        return None
+    mro = type(store).__mro__
+    owner = next((cls for cls in mro if name in cls.__dict__), None)
+    if owner is None or owner is not next((cls for cls in mro if stands_for in cls.__dict__), None):
+        return None
+    return getattr(store, name)
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 NOOP_WRITER = Writer(None, "")

@@ -65,6 +65,8 @@ class RaisingStore:
         exc: what to raise (default ``OSError("disk on fire")``).
         methods: raise only from these store methods (``"start_run"``,
             ``"append_log"``, ...); the others go to ``inner``. Default: every method.
+            The optional batch methods are not forwarded (the Writer uses them only
+            when the store's class defines them), so the plain ones are what fail.
         inner: the store the other methods reach (default a fresh MemoryStore).
     """
 

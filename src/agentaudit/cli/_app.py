@@ -19,6 +19,7 @@ from .._model import TERMINAL_STATUSES, RunFilter, RunStatus
 from ..stores.sqlite import SUMMARY_GROUPS, SQLiteStore
 from . import _export
 from ._params import DB_ENV, DEFAULT_DB, CliError, Moment, StaleAfter
+from ._terminal import visible
 from .render import (
     event_json,
     event_line,
@@ -329,10 +330,10 @@ def verify(ctx: click.Context, run: str | None, all_runs: bool, as_json: bool, d
             )
         elif not result.ok:
             where = "" if result.broken_sequence is None else f" at sequence {result.broken_sequence}"
-            click.echo(f"BROKEN run {result.run_id}{where}: {result.reason}")
+            click.echo(f"BROKEN run {visible(result.run_id)}{where}: {visible(result.reason)}")
         elif one is not None:
             sealed = ", row sealed" if one.status.is_terminal else " (running: its row is sealed when it ends)"
-            click.echo(f"ok: run {result.run_id}, {result.events} events, chain intact{sealed}")
+            click.echo(f"ok: run {visible(result.run_id)}, {result.events} events, chain intact{sealed}")
     if as_json:
         _print_json(records if all_runs else records[0])
     elif all_runs:
@@ -372,7 +373,7 @@ def reap(ctx: click.Context, stale_after: timedelta, db: str | None) -> None:
     store = _open(ctx, db)
     marked = store.reap(stale_after)
     for run_id in marked:
-        click.echo(f"abandoned {run_id}")
+        click.echo(f"abandoned {visible(run_id)}")
     click.echo(f"marked {len(marked)} runs abandoned")
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from ._terminal import visible
+
 __all__ = ["DB_ENV", "DEFAULT_DB", "CliError", "Moment", "StaleAfter", "parse_duration", "parse_moment"]
 
 DB_ENV = "AGENTAUDIT_DB"
@@ -21,12 +23,13 @@ _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w
 
 class CliError(click.ClickException):
     """A problem the user can fix (unknown run, missing file, newer schema): one line
-    on stderr, exit status 2, no traceback."""
+    on stderr, exit status 2, no traceback. The message may quote recorded text (the
+    run ids an ambiguous prefix matches): it is printed `visible`."""
 
     exit_code = 2
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"agentaudit: {self.format_message()}", file=file, err=file is None)
+        click.echo(f"agentaudit: {visible(self.format_message())}", file=file, err=file is None)
 
 
 def parse_duration(text: str) -> timedelta | None:

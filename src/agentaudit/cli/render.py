@@ -2,8 +2,11 @@
 
 `render_run` prints one run the way ``agentaudit show`` does (the demo uses it
 too). It needs only the `agentaudit.Store` read protocol, so it works on any
-store. User text is always passed to rich as `rich.text.Text`, never as
-markup, so a ``[bold]`` in a prompt prints as typed.
+store. Recorded text is untrusted: every piece of it goes through
+`agentaudit.cli._terminal.visible` (escape sequences, carriage returns, bidi
+overrides and other control characters print as visible escapes such as ``\\x1b``)
+and reaches rich as a `rich.text.Text`, never as markup, so a ``[bold]`` in a
+prompt prints as typed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from rich.text import Text
 from .._errors import RunNotFoundError
 from .._model import Event, Run, RunStatus
 from ..stores._protocol import Store
+from ._terminal import visible
 
 __all__ = [
     "event_json",
@@ -44,6 +48,7 @@ STATUS_STYLE = {
     RunStatus.ABANDONED: "bold magenta",
 }
 _SHORT_ID = 8
+_TAIL_DETAIL = 300  # cells of an event's detail on a `tail` line
 
 
 # -- small formatters ----------------------------------------------------------------
@@ -109,9 +114,10 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+def recorded(value: Any, style: str = "", *, multiline: bool = False) -> Text:
+    """Recorded (untrusted) text as a `Text` that is safe to print: made `visible`,
+    and never parsed as markup. ``multiline`` keeps its newlines and tabs."""
+    return Text(visible(value, multiline=multiline), style=style)
 
 
 # -- JSON forms ----------------------------------------------------------------------
@@ -191,14 +197,16 @@ def show_json(store: Store, run_id: str) -> dict[str, Any]:
 # -- one event, as a line or a timeline row --------------------------------------------
 
 
-def event_detail(event: Event) -> Text:
-    """What an event says, in a line or two."""
+def event_detail(event: Event, *, multiline: bool = True) -> Text:
+    """What an event says, in a line or two; in one line when ``multiline`` is
+    false (recorded newlines then show as ``\\n``)."""
     p: Mapping[str, Any] = event.payload
     kind = event.event_type
+    brk = "\n" if multiline else "  "
     if kind == "step":
         head = Text()
-        head.append(f"step {p.get('iter', '?')}", style="bold")
-        parts = [str(p[k]) for k in ("model", "finish_reason") if p.get(k)]
+        head.append(f"step {visible(p.get('iter', '?'))}", style="bold")
+        parts = [visible(p[k]) for k in ("model", "finish_reason") if p.get(k)]
         tokens = f"{p.get('in_tokens', 0):,} in / {p.get('out_tokens', 0):,} out"
         if p.get("thinking_tokens"):
             tokens += f" ({p['thinking_tokens']:,} thinking)"
@@ -211,50 +219,50 @@ def event_detail(event: Event) -> Text:
         if parts:
             head.append("  " + " · ".join(parts), style="dim")
         if p.get("text_redacted"):
-            head.append("\n[narration redacted: the step fired a secret-bearing tool]", style="italic yellow")
+            head.append(brk + "[narration redacted: the step fired a secret-bearing tool]", style="italic yellow")
         elif p.get("text"):
-            head.append("\n" + str(p["text"]))
+            head.append(brk + visible(p["text"], multiline=multiline))
         return head
     if kind == "resolved_model":
-        return Text.assemble(("model ", "dim"), (str(p.get("model", "")), "bold"))
+        return Text.assemble(("model ", "dim"), (visible(p.get("model", "")), "bold"))
     if kind == "tool_call":
         text = Text()
-        text.append(str(p.get("name", "?")), style="bold cyan")
-        text.append(f"({p.get('args', '')})")
+        text.append(visible(p.get("name", "?")), style="bold cyan")
+        text.append(f"({visible(p.get('args', ''))})")
         if p.get("id"):
-            text.append(f"  id {p['id']}", style="dim")
+            text.append(f"  id {visible(p['id'])}", style="dim")
         return text
     if kind == "tool_result":
         text = Text()
-        text.append(str(p.get("name", "?")), style="bold cyan")
+        text.append(visible(p.get("name", "?")), style="bold cyan")
         failed = bool(p.get("error"))
         text.append(" ✗ failed → " if failed else " → ", style="bold red" if failed else "dim")
-        text.append(str(p.get("result", "")), style="red" if failed else "")
+        text.append(visible(p.get("result", ""), multiline=multiline), style="red" if failed else "")
         notes = []
         if p.get("duration_ms") is not None:
             notes.append(fmt_duration(float(p["duration_ms"])))
         if p.get("truncated"):
             notes.append("truncated")
         if p.get("id"):
-            notes.append(f"id {p['id']}")
+            notes.append(f"id {visible(p['id'])}")
         if notes:
             text.append("  " + " · ".join(notes), style="dim")
         return text
     if kind == "error":
-        return Text(str(p.get("message", "")), style="bold red")
-    return Text(json.dumps(p, ensure_ascii=False, sort_keys=True), style="")
+        return recorded(p.get("message", ""), "bold red", multiline=multiline)
+    return recorded(json.dumps(p, ensure_ascii=False, sort_keys=True))
 
 
 def event_line(event: Event) -> Text:
     """One event as a single line, for ``agentaudit tail``."""
     line = Text()
     line.append(fmt_time(event.created_at), style="dim")
-    line.append(f" {short_id(event.run_id)}", style="bold")
+    line.append(f" {visible(short_id(event.run_id))}", style="bold")
     line.append(f" #{event.sequence} ", style="dim")
-    line.append(f"{event.event_type:<12}", style=_type_style(event.event_type))
+    line.append(f"{visible(event.event_type):<12}", style=_type_style(event.event_type))
     line.append(" ")
-    detail = event_detail(event)
-    detail = Text(_one_line(detail.plain, 300), style=detail.style)
+    detail = event_detail(event, multiline=False)
+    detail.truncate(_TAIL_DETAIL, overflow="ellipsis")
     line.append(detail)
     return line
 
@@ -291,16 +299,16 @@ def render_run(store: Store, run_id: str, console: Console | None = None) -> Run
 def _header(run: Run, model: str) -> Group:
     title = Text()
     title.append("run ", style="dim")
-    title.append(run.run_id, style="bold")
+    title.append(visible(run.run_id), style="bold")
     title.append("  ")
-    title.append(run.name, style="bold cyan")
+    title.append(visible(run.name), style="bold cyan")
     title.append("  ")
     title.append_text(status_text(run.status))
 
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="dim", no_wrap=True)
     facts.add_column()
-    rows: list[tuple[str, str | Text]] = []
+    rows: list[tuple[str, str | Text]] = []  # a str: recorded text shown on one line
     if run.caller:
         rows.append(("caller", run.caller))
     if model:
@@ -319,15 +327,15 @@ def _header(run: Run, model: str) -> Group:
     if run.host or run.pid:
         rows.append(("process", f"{run.host} pid {run.pid}"))
     if run.input:
-        rows.append(("input", run.input))
+        rows.append(("input", recorded(run.input, multiline=True)))
     if run.output:
-        rows.append(("output", run.output))
+        rows.append(("output", recorded(run.output, multiline=True)))
     if run.error:
-        rows.append(("error", Text(run.error, style="bold red")))
+        rows.append(("error", recorded(run.error, "bold red", multiline=True)))
     if run.metadata:
         rows.append(("metadata", json.dumps(run.metadata, ensure_ascii=False, sort_keys=True)))
     for label, value in rows:
-        facts.add_row(label, value if isinstance(value, Text) else Text(value))
+        facts.add_row(label, value if isinstance(value, Text) else recorded(value))
     return Group(title, facts)
 
 
@@ -344,7 +352,7 @@ def _timeline(run: Run, events: list[Event]) -> Table | Text:
         table.add_row(
             fmt_offset(max(offset, 0.0)),
             str(event.sequence),
-            Text(event.event_type, style=_type_style(event.event_type)),
+            recorded(event.event_type, _type_style(event.event_type)),
             event_detail(event),
         )
     return table
@@ -359,8 +367,8 @@ def _children_table(children: list[Run]) -> Table:
     table.add_column("duration", justify="right")
     for child in children:
         table.add_row(
-            child.run_id, child.name, status_text(child.status), fmt_time(child.started_at),
-            fmt_duration(child.duration_ms),
+            recorded(child.run_id), recorded(child.name), status_text(child.status),
+            fmt_time(child.started_at), fmt_duration(child.duration_ms),
         )
     return table
 
@@ -384,9 +392,9 @@ def runs_table(runs: list[Run], models: Mapping[str, str] | None = None) -> Tabl
         table.add_column("model")
     for run in runs:
         cells: list[Any] = [
-            Text(short_id(run.run_id)),
-            Text(run.name),
-            Text(run.caller or "—"),
+            recorded(short_id(run.run_id)),
+            recorded(run.name),
+            recorded(run.caller or "—"),
             status_text(run.status),
             fmt_time(run.started_at),
             fmt_duration(run.duration_ms),
@@ -396,7 +404,7 @@ def runs_table(runs: list[Run], models: Mapping[str, str] | None = None) -> Tabl
             fmt_cost(run.cost_usd),
         ]
         if models:
-            cells.append(Text(models.get(run.run_id, "") or "—"))
+            cells.append(recorded(models.get(run.run_id, "") or "—"))
         table.add_row(*cells)
     return table
 
@@ -418,7 +426,7 @@ def stats_table(rows: list[dict[str, Any]], by: str) -> Table:
         table.add_column(title, justify="right", footer=fmt(totals[key]))
     for row in rows:
         label = row[by] if row[by] not in (None, "") else "(none)"
-        table.add_row(Text(str(label)), *(fmt(row[key]) for _t, key, fmt in numeric))
+        table.add_row(recorded(label), *(fmt(row[key]) for _t, key, fmt in numeric))
     return table
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from datetime import datetime
 
 from .._chain import verify_events
@@ -57,9 +58,17 @@ class MemoryStore:
             self._events.pop(run.run_id, None)
 
     def append_log(self, event: Event) -> None:
+        self.append_events((event,))
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        """Take sealed events, all or none: refused for a run this store does not hold."""
         with self._lock:
             self._check_open()
-            self._events.setdefault(event.run_id, []).append(event)
+            for event in events:
+                if event.run_id not in self._runs:
+                    raise RunNotFoundError(f"no run {event.run_id!r} for event {event.sequence}")
+            for event in events:
+                self._events[event.run_id].append(event)
 
     def finish_run(self, run_id: str, stats: RunStats, finished_at: datetime) -> None:
         with self._lock:
@@ -81,12 +90,17 @@ class MemoryStore:
                 cost_usd=stats.cost_usd,
             )
 
-    def _finish_run_within(
-        self, run_id: str, stats: RunStats, finished_at: datetime, timeout: float | None
-    ) -> None:
-        # Holds the lock for microseconds, so the Writer may call it on the closing
-        # thread: no bounded hand-off to a finisher thread needed.
-        self.finish_run(run_id, stats, finished_at)
+    def submit_finish(self, run_id: str, stats: RunStats, finished_at: datetime) -> Future[None]:
+        """``finish_run``, done at once (memory needs no waiting; see
+        `agentaudit.stores.BatchingStore`): the future is already settled."""
+        future: Future[None] = Future()
+        try:
+            self.finish_run(run_id, stats, finished_at)
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+        return future
 
     def flush(self, timeout: float | None = None) -> None:
         """Nothing to flush: every write is in memory as soon as it is made."""

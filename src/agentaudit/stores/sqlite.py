@@ -21,11 +21,13 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from .._errors import RunNotFoundError, StoreError
+from .._errors import CommitTimeout, RunNotFoundError, StoreError
 from .._model import (
     TERMINAL_STATUSES,
     Event,
@@ -46,16 +48,14 @@ from ._sqlite_rows import (
 from ._sqlite_schema import connect, create_private_file, migrate
 from ._sqlite_seal import reseal, seal_problem
 from ._sqlite_writer import (
-    _FORK_LEFTOVERS,
     COMMIT_DELAY,
-    OP_CALL,
-    OP_EVENT,
-    OP_FINISH,
-    OP_FLUSH,
-    OP_SEAL,
-    OP_START,
+    FORK_WAIT,
+    AppendEvents,
+    FinishRun,
+    Flush,
+    Maintenance,
     SQLiteWriter,
-    Ticket,
+    StartRun,
 )
 
 __all__ = ["SQLiteStore"]
@@ -72,6 +72,9 @@ _IS_RUNNING = "status = 'running' AND status != 'succeeded'"
 FAILED_STATUSES = (RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.ABANDONED)
 SUMMARY_GROUPS = ("model", "caller", "day", "name", "status")
 
+# Timeouts and delays beyond an hour are mistakes (an infinite commit delay would
+# never commit): refused where they are given.
+_MAX_SECONDS = 3600.0
 _PAGE = 500  # rows per query when walking runs: constant memory, short read transactions
 EXIT_FLUSH_TIMEOUT = 5.0  # the exit hook's total budget across every open store
 
@@ -121,8 +124,10 @@ class SQLiteStore:
             ("close_timeout", close_timeout),
             ("commit_delay", commit_delay),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+            if not 0 <= value <= _MAX_SECONDS:  # also refuses NaN and infinity
+                raise ValueError(f"{name} must be between 0 and {_MAX_SECONDS:g} seconds, got {value!r}")
         self.path = path
         self.durability: Durability = durability
         self.max_queue = max_queue
@@ -151,6 +156,14 @@ class SQLiteStore:
             conn.close()
             raise
         self._writer: SQLiteWriter | None = self._new_writer(conn)
+        # Started here, not on the first hook: that may run on an event loop's thread,
+        # which must not wait for a thread to start or a connection to open.
+        self._writer.start()
+        self._inherited: list[sqlite3.Connection | None] = []
+        self._fork_held = False
+        # A store dropped without close still writes what it was given, then its
+        # thread ends (the thread holds no reference to the store).
+        weakref.finalize(self, self._writer.request_stop, self.close_timeout)
         _OPEN_STORES.add(self)
 
     def __repr__(self) -> str:
@@ -197,16 +210,22 @@ class SQLiteStore:
                 writer = self._writer
         return writer
 
-    def _submit_and_wait(self, op: int, data: Any, timeout: float | None, what: str) -> Any:
-        writer = self._live_writer()
-        ticket = Ticket()
-        writer.submit(op, data, ticket, bounded=False)
-        return writer.wait(ticket, timeout, what=what)
+    def _wait(self, future: Future[Any], timeout: float | None, what: str) -> Any:
+        """The outcome of a queued item; `CommitTimeout` after ``timeout`` seconds
+        (the item stays queued and lands when the file allows)."""
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            raise CommitTimeout(
+                f"{what} was not committed to {self.path} within {timeout:g} s; it stays queued"
+            ) from None
 
     def _call(self, fn: Any, what: str) -> Any:
         """Run ``fn(connection)`` on the writer thread, in order after every earlier
         write, inside one transaction; return its result."""
-        return self._submit_and_wait(OP_CALL, fn, None, what)
+        future: Future[Any] = Future()
+        self._live_writer().submit(Maintenance(fn, future), bounded=False)
+        return self._wait(future, None, what)
 
     def _read(self) -> sqlite3.Connection:
         """The read connection, after every earlier write of this store is committed."""
@@ -231,65 +250,55 @@ class SQLiteStore:
         if not isinstance(run, Run):
             raise TypeError(f"start_run takes an aa.Run, got {type(run).__name__}")
         if self.durability == "sync":
-            self._submit_and_wait(OP_START, run, self.sync_timeout, f"run start {run.run_id}")
+            future: Future[Any] = Future()
+            self._live_writer().submit(StartRun(run, future))
+            self._wait(future, self.sync_timeout, f"run start {run.run_id}")
         else:
-            self._live_writer().submit(OP_START, run, bounded=False)
+            self._live_writer().submit(StartRun(run))
 
     def append_log(self, event: Event) -> None:
-        if not isinstance(event, Event):
-            raise TypeError(f"append_log takes an aa.Event, got {type(event).__name__}")
-        if self.durability == "sync":
-            writer = self._live_writer()
-            ticket = Ticket()
-            writer.submit(OP_EVENT, event, ticket)
-            writer.wait(ticket, self.sync_timeout, what=f"event {event.run_id}#{event.sequence}")
-        else:
-            self._live_writer().submit(OP_EVENT, event)
+        self.append_events((event,))
 
-    def _append_deferred(
-        self,
-        seal: Callable[[Any, datetime], list[tuple[tuple[Any, ...], dict[str, Any]]]],
-        items: Any,
-        created_at: datetime,
-    ) -> bool:
-        """``append_log`` from the Writer, unsealed: ``seal(items, created_at)`` makes
-        the rows (JSON, time text, hash chain) when the writer takes them for a commit,
-        in a batch. False in sync mode, where each event is committed before its
-        append returns: the Writer then seals and appends them one by one."""
+    def append_events(self, events: Sequence[Event]) -> None:
+        """Queue sealed events of one run (see `agentaudit.stores.BatchingStore`). In
+        sync mode, wait until they are committed (`CommitTimeout` after
+        ``sync_timeout``: they stay queued)."""
+        events = tuple(events)
+        for event in events:
+            if not isinstance(event, Event):
+                raise TypeError(f"append_events takes aa.Event values, got {type(event).__name__}")
+        if not events:
+            return
         if self.durability == "sync":
-            return False
-        self._live_writer().submit(OP_SEAL, (seal, items, created_at))
-        return True
+            future: Future[Any] = Future()
+            self._live_writer().submit(AppendEvents(events, future))
+            self._wait(future, self.sync_timeout, f"event {events[0].run_id}#{events[0].sequence}")
+        else:
+            self._live_writer().submit(AppendEvents(events))
+
+    def submit_finish(self, run_id: str, stats: RunStats, finished_at: datetime) -> Future[None]:
+        """Queue the run's finish; the future settles once it is committed with every
+        event queued before it, or with the reason it was not."""
+        if not isinstance(stats, RunStats):
+            raise TypeError(f"finish_run takes an aa.RunStats, got {type(stats).__name__}")
+        if not isinstance(finished_at, datetime) or finished_at.tzinfo is None:
+            raise ValueError("finished_at must be a timezone-aware datetime")
+        future: Future[None] = Future()
+        self._live_writer().submit(FinishRun(run_id, stats, finished_at, future), bounded=False)
+        return future
 
     def finish_run(self, run_id: str, stats: RunStats, finished_at: datetime) -> None:
-        if not isinstance(stats, RunStats):
-            raise TypeError(f"finish_run takes an aa.RunStats, got {type(stats).__name__}")
-        if not isinstance(finished_at, datetime) or finished_at.tzinfo is None:
-            raise ValueError("finished_at must be a timezone-aware datetime")
-        # No timeout of our own: the Writer bounds this wait with finish_timeout.
-        self._finish_run_within(run_id, stats, finished_at, None)
-
-    def _finish_run_within(
-        self, run_id: str, stats: RunStats, finished_at: datetime, timeout: float | None
-    ) -> None:
-        """``finish_run``, bounded: the Writer calls it on the closing thread instead
-        of handing ``finish_run`` to a thread of its own. Raises `CommitTimeout` (a
-        TimeoutError) after ``timeout`` seconds; the finish stays queued and lands."""
-        if not isinstance(stats, RunStats):
-            raise TypeError(f"finish_run takes an aa.RunStats, got {type(stats).__name__}")
-        if not isinstance(finished_at, datetime) or finished_at.tzinfo is None:
-            raise ValueError("finished_at must be a timezone-aware datetime")
-        self._live_writer().commit_now(
-            OP_FINISH, (run_id, stats, finished_at), timeout, what=f"finish of run {run_id}"
-        )
+        self.submit_finish(run_id, stats, finished_at).result()
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until everything written so far is committed. Raises StoreError when
-        that takes longer than ``timeout`` seconds."""
+        """Wait until everything written so far is committed. Raises `CommitTimeout`
+        (a StoreError) when that takes longer than ``timeout`` seconds."""
         writer = self._live_writer()
         if not writer.has_unwritten():
             return
-        self._submit_and_wait(OP_FLUSH, None, timeout, "flush")
+        future: Future[Any] = Future()
+        writer.submit(Flush(future), bounded=False)
+        self._wait(future, timeout, "flush")
 
     def close(self) -> None:
         """Flush (for up to ``close_timeout`` seconds), stop the writer thread and
@@ -614,17 +623,30 @@ class SQLiteStore:
 
     # -- fork ----------------------------------------------------------------------
 
+    def _before_fork(self) -> None:
+        # Not while a read is inside SQLite: a child that inherits a connection mid-
+        # statement inherits SQLite's in-process lock state with it and can never
+        # write. (The writer threads are held by _sqlite_writer's own fork hooks.)
+        self._fork_held = self._read_lock.acquire(timeout=FORK_WAIT)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._fork_held:
+            self._read_lock.release()
+        self._fork_held = False
+
     def _after_fork_in_child(self) -> None:
         # The parent's thread does not exist here and its connections are not ours to
-        # use; what was queued belongs to the parent, which writes it.
+        # use (nor to close: that would touch the parent's locks); what was queued
+        # belongs to the parent, which writes it. The first write makes a new writer.
         if self._writer is not None:
-            self._writer.abandon_after_fork()
+            self._inherited.extend(self._writer.abandon_after_fork())
             self._writer = None
-        _FORK_LEFTOVERS.append(self._read_conn)
+        self._inherited.append(self._read_conn)
         self._read_conn = None
         self._read_lock = threading.Lock()
         self._writer_lock = threading.Lock()
         self._close_lock = threading.Lock()
+        self._fork_held = False
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -749,6 +771,16 @@ def _close_at_exit(ref: weakref.ref[SQLiteStore]) -> None:
             logger.error("agentaudit: flushing %s at exit failed: %s", store.path, exc)
 
 
+def _quiesce_before_fork() -> None:
+    for store in list(_OPEN_STORES):
+        store._before_fork()
+
+
+def _resume_in_parent() -> None:
+    for store in list(_OPEN_STORES):
+        store._after_fork_in_parent()
+
+
 def _reset_in_child() -> None:
     for store in list(_OPEN_STORES):
         store._after_fork_in_child()
@@ -756,4 +788,8 @@ def _reset_in_child() -> None:
 
 atexit.register(_close_all_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_in_child)
+    os.register_at_fork(
+        before=_quiesce_before_fork,
+        after_in_parent=_resume_in_parent,
+        after_in_child=_reset_in_child,
+    )
