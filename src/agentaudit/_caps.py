@@ -42,19 +42,23 @@ def utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def cap(text: str, max_bytes: int) -> tuple[str, bool]:
+def cap(text: str, max_bytes: int, *, dropped_before: int = 0) -> tuple[str, bool]:
     """``text`` cut to at most ``max_bytes`` UTF-8 bytes plus a ``…[+N bytes]`` marker
-    naming the bytes dropped; and whether it was cut."""
+    naming the bytes dropped; and whether it was cut. ``dropped_before``: bytes the
+    caller already cut from the end of the original, counted in N."""
     if text.isascii():
-        if len(text) <= max_bytes:
+        if len(text) <= max_bytes and not dropped_before:
             return text, False
-        return f"{text[:max_bytes]}…[+{len(text) - max_bytes} bytes]", True
+        kept = text[:max_bytes]
+        return f"{kept}…[+{len(text) - len(kept) + dropped_before} bytes]", True
     raw = text.encode("utf-8", "surrogatepass")
-    if len(raw) <= max_bytes:
+    if len(raw) <= max_bytes and not dropped_before:
         return text, False
+    if len(raw) <= max_bytes:
+        return f"{text}…[+{dropped_before} bytes]", True
     end = max_bytes
     # Back off continuation bytes (10xxxxxx) so no character is split.
     while end > 0 and (raw[end] & 0xC0) == 0x80:
         end -= 1
     kept = raw[:end].decode("utf-8", "surrogatepass")
-    return f"{kept}…[+{len(raw) - end} bytes]", True
+    return f"{kept}…[+{len(raw) - end + dropped_before} bytes]", True

@@ -39,12 +39,28 @@ class Faults:
         self._guards: dict[str, _Guard] = {}
 
     def report(self, kind: str, exc: BaseException | None = None, run_id: str | None = None) -> None:
-        """Record one fault. Raises ``exc`` (or a RuntimeError) in strict mode."""
-        self.count(kind, exc, run_id)
+        """Record one fault. Raises ``exc`` (or a RuntimeError) in strict mode. An
+        exception already reported (strict mode re-raised it through an outer guard)
+        is not counted again."""
+        if exc is None or not self._seen(exc):
+            self.count(kind, exc, run_id)
         if self.strict:
             if exc is not None:
                 raise exc
             raise RuntimeError(f"agentaudit fault {kind} (run {run_id})")
+
+    @staticmethod
+    def _seen(exc: BaseException) -> bool:
+        # Marked on the exception itself (exceptions take no weak references): strict
+        # mode re-raises one through every guard around it, and each would otherwise
+        # count it again.
+        if getattr(exc, "_agentaudit_counted", False):
+            return True
+        try:
+            exc._agentaudit_counted = True  # type: ignore[attr-defined]
+        except Exception:  # an exception type without a __dict__: counted each time
+            pass
+        return False
 
     def count(self, kind: str, exc: BaseException | None = None, run_id: str | None = None) -> None:
         """Record one fault without raising, even in strict mode: for a fault found

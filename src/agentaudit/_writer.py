@@ -206,8 +206,9 @@ class Writer:
     def _text_capped(self, text: str, field: str, max_bytes: int) -> tuple[str, bool]:
         # Masking is regex work: bound it by the cap first (a masked value only
         # shrinks to its marker, so nothing kept is lost by cutting first).
-        cut = len(text) > 4 * max_bytes
-        if cut:
+        dropped = 0
+        if len(text) > 4 * max_bytes:
+            dropped = utf8_len(text[4 * max_bytes :])
             text = text[: 4 * max_bytes]
         policy = self._policy
         text = policy.mask_secrets(clean_str(text))
@@ -220,8 +221,7 @@ class Writer:
             except Exception as exc:
                 self._faults.report("mask", exc, self.run_id)
                 return f"<mask failed on {field}>", False
-        capped, truncated = cap(text, max_bytes)
-        return capped, truncated or cut
+        return cap(text, max_bytes, dropped_before=dropped)
 
     def _value(self, value: Any, field: str, max_bytes: int = PAYLOAD_MAX) -> Any:
         """A JSON-like value as it may be persisted: trimmed, converted, secret keys
@@ -230,9 +230,18 @@ class Writer:
         value = self._policy.mask_keys(to_jsonable(_trimmed(value)))
         value = self._walk(value, field)
         text = canonical_json(value)
-        if utf8_len(text) <= max_bytes:
+        size = utf8_len(text)
+        if size <= max_bytes:
             return value
-        return {"truncated_payload": cap(text, max_bytes)[0]}
+        # Past the bound, a preview of the JSON; quoted again, it grows (escapes), so
+        # the preview shrinks until the whole fits.
+        budget = max_bytes
+        while True:
+            preview = {"truncated_payload": cap(text, budget)[0]}
+            size = utf8_len(canonical_json(preview))
+            if size <= max_bytes or budget <= 0:
+                return preview
+            budget -= size - max_bytes + 32
 
     def _walk(self, value: Any, field: str) -> Any:
         if isinstance(value, str):
