@@ -205,9 +205,8 @@ class Unprintable(Exception):
 
 def test_an_unprintable_exception_reaches_the_caller_and_fails_the_run(store: Any) -> None:
     auditor = aa.Auditor(store)
-    with pytest.raises(Unprintable):
-        with auditor.run("agent") as w:
-            raise Unprintable()
+    with pytest.raises(Unprintable), auditor.run("agent") as w:
+        raise Unprintable()
     store.flush()
     run = store.get_run(w.run_id)
     assert run.status is aa.RunStatus.FAILED and run.error == "Unprintable: <unprintable Unprintable>"
