@@ -1,8 +1,7 @@
 """When SQLiteStore commits: events nobody waits for still reach the file on their
-own; a run's close commits its run on the closing thread, falls back to the writer
-thread when another process holds the file, stays bounded by finish_timeout, and the
-finish still lands once the file is free; many threads closing runs at once lose
-nothing."""
+own; a run's close waits for the writer thread's commit, stays bounded by
+finish_timeout while another process holds the file, and the finish still lands once
+the file is free; many threads closing runs at once lose nothing."""
 
 from __future__ import annotations
 
@@ -127,7 +126,7 @@ def test_many_threads_closing_runs_at_once_lose_nothing(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_wrapping_store_is_not_bypassed_by_the_sqlite_shortcuts(tmp_path: Path) -> None:
+def test_a_wrapping_store_is_not_bypassed_by_the_optional_methods(tmp_path: Path) -> None:
     # BlockingStore forwards every other attribute to SQLiteStore with __getattr__:
     # its blocking finish_run must still be what close calls (and times out on).
     inner = aa.SQLiteStore(tmp_path / "a.db")

@@ -18,15 +18,12 @@ from .._serialize import canonical_json, clean_str, safe_text
 __all__ = [
     "EVENT_COLUMNS",
     "INSERT_EVENT",
-    "INSERT_FINISHED_RUN",
     "INSERT_RUN",
     "RUN_COLUMNS",
     "UPDATE_FINISH",
-    "UPDATE_FINISH_SEALED",
     "event_from_row",
     "event_row",
     "finish_row",
-    "finished_run_row",
     "format_ts",
     "parse_ts",
     "run_from_row",
@@ -42,18 +39,12 @@ RUN_COLUMNS = (
 EVENT_COLUMNS = "run_id, sequence, event_type, payload, created_at, prev_hash, hash"
 
 INSERT_RUN = f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 19)})"
-# A run started and finished within one batch: one row, already final and sealed.
-INSERT_FINISHED_RUN = (
-    f"INSERT INTO runs ({RUN_COLUMNS}, model, seal) VALUES ({', '.join('?' * 21)})"
-)
 INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 UPDATE_FINISH = (
     "UPDATE runs SET status = ?, finished_at = ?, output = ?, error = ?, tool_calls = ?, "
     "steps = ?, input_tokens = ?, output_tokens = ?, thinking_tokens = ?, cost_usd = ? "
     "WHERE run_id = ?"
 )
-# The same with the seal, when the writer knows the finished row without reading it.
-UPDATE_FINISH_SEALED = UPDATE_FINISH.replace(" WHERE", ", seal = ? WHERE")
 
 
 def format_ts(value: datetime) -> str:
@@ -132,18 +123,6 @@ def finish_row(run_id: str, stats: RunStats, finished_at: datetime) -> tuple[Any
         stats.thinking_tokens or 0,
         stats.cost_usd,
         run_id,
-    )
-
-
-def finished_run_row(
-    run: Run, stats: RunStats, finished_at: datetime, model: str
-) -> tuple[Any, ...]:
-    """The row `INSERT_FINISHED_RUN` writes: ``run`` as `finish_row` leaves it."""
-    r = run_row(run)
-    f = finish_row(run.run_id, stats, finished_at)
-    return (
-        r[0], r[1], r[2], r[3], f[0], r[5], f[1], r[7], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
-        f[9], r[16], r[17], r[18], model,
     )
 
 
