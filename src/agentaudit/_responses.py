@@ -309,23 +309,7 @@ def _read_openai_response(obj: Any, reader: _Reader) -> Response:
         finish_reason = _field(_field(obj, "incomplete_details"), "reason") or "incomplete"
     elif isinstance(status, str):
         finish_reason = status
-    usage_obj = _field(obj, "usage")
-    usage = Usage()
-    if usage_obj is not None:
-        usage = reader.usage(
-            input_tokens=reader.count(usage_obj, "input_tokens", "usage"),
-            output_tokens=reader.count(usage_obj, "output_tokens", "usage"),
-            cache_read_tokens=reader.count(
-                _field(usage_obj, "input_tokens_details"),
-                "cached_tokens",
-                "usage.input_tokens_details",
-            ),
-            reasoning_tokens=reader.count(
-                _field(usage_obj, "output_tokens_details"),
-                "reasoning_tokens",
-                "usage.output_tokens_details",
-            ),
-        )
+    usage = _responses_usage(_field(obj, "usage"), reader)
     return reader.build(
         text="\n".join(m for m in messages if m),
         model=reader.model(obj, "openai"),
@@ -335,7 +319,40 @@ def _read_openai_response(obj: Any, reader: _Reader) -> Response:
     )
 
 
+def _responses_usage(usage: Any, reader: _Reader) -> Usage:
+    if usage is None:
+        return Usage()
+    return reader.usage(
+        input_tokens=reader.count(usage, "input_tokens", "usage"),
+        output_tokens=reader.count(usage, "output_tokens", "usage"),
+        cache_read_tokens=reader.count(
+            _field(usage, "input_tokens_details"), "cached_tokens", "usage.input_tokens_details"
+        ),
+        reasoning_tokens=reader.count(
+            _field(usage, "output_tokens_details"), "reasoning_tokens", "usage.output_tokens_details"
+        ),
+    )
+
+
 # -- Anthropic Messages ------------------------------------------------------------------
+
+
+def _anthropic_usage(usage: Any, reader: _Reader) -> Usage:
+    if usage is None:
+        return Usage()
+    cache_read = reader.count(usage, "cache_read_input_tokens", "usage")
+    cache_write = reader.count(usage, "cache_creation_input_tokens", "usage")
+    # Anthropic's input_tokens excludes cached input; Usage.input_tokens is the whole
+    # prompt with cache_read_tokens a part of it, as OpenAI reports it.
+    return reader.usage(
+        input_tokens=reader.count(usage, "input_tokens", "usage") + cache_read + cache_write,
+        output_tokens=reader.count(usage, "output_tokens", "usage"),
+        cache_read_tokens=cache_read,
+        reasoning_tokens=reader.count(
+            _field(usage, "output_tokens_details"), "thinking_tokens", "usage.output_tokens_details"
+        ),
+    )
+
 
 
 def _read_anthropic_message(obj: Any, reader: _Reader) -> Response:
@@ -354,23 +371,7 @@ def _read_anthropic_message(obj: Any, reader: _Reader) -> Response:
                 calls.append(call)
         # thinking blocks and server_tool_use (tools Anthropic ran) are not narration
         # nor calls the loop executes.
-    usage_obj = _field(obj, "usage")
-    usage = Usage()
-    if usage_obj is not None:
-        cache_read = reader.count(usage_obj, "cache_read_input_tokens", "usage")
-        cache_write = reader.count(usage_obj, "cache_creation_input_tokens", "usage")
-        # Anthropic's input_tokens excludes cached input; Usage.input_tokens is the
-        # whole prompt with cache_read_tokens a part of it, as OpenAI reports it.
-        usage = reader.usage(
-            input_tokens=reader.count(usage_obj, "input_tokens", "usage") + cache_read + cache_write,
-            output_tokens=reader.count(usage_obj, "output_tokens", "usage"),
-            cache_read_tokens=cache_read,
-            reasoning_tokens=reader.count(
-                _field(usage_obj, "output_tokens_details"),
-                "thinking_tokens",
-                "usage.output_tokens_details",
-            ),
-        )
+    usage = _anthropic_usage(_field(obj, "usage"), reader)
     return reader.build(
         text="".join(texts),
         model=reader.model(obj, "anthropic"),
@@ -411,6 +412,61 @@ def _read_unknown(obj: Any, reader: _Reader) -> Response:
         finish_reason=finish if isinstance(finish, str) else "",
         usage=usage,
     )
+
+
+# -- a usage object alone ----------------------------------------------------------------
+
+
+def _detail_sum(details: Any, key: str, reader: _Reader, where: str) -> int:
+    """LangChain's ``usage_metadata`` details: ``cache_read``, or provider variants
+    suffixed ``_cache_read``, summed."""
+    if not isinstance(details, Mapping):
+        return 0
+    suffix = "_" + key
+    return sum(
+        reader.count(details, name, where)
+        for name in details
+        if name == key or (isinstance(name, str) and name.endswith(suffix))
+    )
+
+
+def _generic_usage(usage: Any, reader: _Reader) -> Usage:
+    return reader.usage(
+        input_tokens=reader.count(usage, "input_tokens", "usage"),
+        output_tokens=reader.count(usage, "output_tokens", "usage"),
+        cache_read_tokens=_detail_sum(
+            _field(usage, "input_token_details"), "cache_read", reader, "usage.input_token_details"
+        ),
+        reasoning_tokens=_detail_sum(
+            _field(usage, "output_token_details"), "reasoning", reader, "usage.output_token_details"
+        ),
+    )
+
+
+def usage_from(usage: Any) -> tuple[Usage, tuple[str, ...]]:
+    """Token counts from a provider's usage object or dict, whichever its shape: OpenAI
+    Chat Completions (``prompt_tokens``), OpenAI Responses (``input_tokens_details``),
+    Anthropic (``cache_read_input_tokens``), or ``input_tokens``/``output_tokens`` with
+    LangChain's ``usage_metadata`` details; and what could not be read. Never raises."""
+    reader = _Reader()
+    try:
+        if usage is None:
+            return Usage(), ()
+        if _field(usage, "prompt_tokens") is not None:
+            read = _chat_usage
+        elif _field(usage, "cache_read_input_tokens") is not None or (
+            _field(usage, "cache_creation_input_tokens") is not None
+        ):
+            read = _anthropic_usage
+        elif _field(usage, "input_tokens_details") is not None or (
+            _field(usage, "output_tokens_details") is not None
+        ):
+            read = _responses_usage
+        else:
+            read = _generic_usage
+        return read(usage, reader), tuple(reader.problems)
+    except Exception as exc:  # a usage object that lies about itself
+        return Usage(), (*reader.problems, f"reading usage failed: {type(exc).__name__}: {exc}")
 
 
 _CONVERTERS = {

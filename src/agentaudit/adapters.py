@@ -4,20 +4,27 @@ means, and the result a cancelled tool gets.
 Why here: the LangChain and LlamaIndex integrations, the decorators and
 ``Auditor.run`` all turn an exception into a run's ending. Each copy used to differ
 in small ways (one would raise on an exception whose ``__str__`` raises), so they
-share these (as sentry-python keeps its AI helpers in one module). Token-usage
-readers for the provider shapes live in ``agentaudit._responses`` and are reached
-through :func:`agentaudit.record_step`'s duck typing.
+share these (as sentry-python keeps its AI helpers in one module), and one reader
+of token usage in every provider shape, the same one :func:`agentaudit.record_step`
+uses.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from ._model import RunStatus
+from ._model import RunStatus, Usage
+from ._responses import usage_from as _usage_with_problems
 from ._serialize import clean_str
 from .payloads import CANCELLED_TOOL_RESULT
 
-__all__ = ["CANCELLED_TOOL_RESULT", "error_text", "is_cancellation", "status_for_exception"]
+__all__ = [
+    "CANCELLED_TOOL_RESULT",
+    "error_text",
+    "is_cancellation",
+    "status_for_exception",
+    "usage_from",
+]
 
 _CANCELLATIONS = (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)
 
@@ -52,3 +59,10 @@ def error_text(exc: BaseException) -> str:
         return f"{name}: <unprintable {name}>"
     message = clean_str(message)
     return f"{name}: {message}" if message else name
+
+
+def usage_from(usage: object) -> Usage:
+    """Token counts from a provider's usage object or dict (OpenAI Chat Completions or
+    Responses, Anthropic, LangChain's ``usage_metadata``); zeros for what is missing or
+    unreadable. Never raises."""
+    return _usage_with_problems(usage)[0]
