@@ -42,7 +42,9 @@ class Faults:
         """Record one fault. Raises ``exc`` (or a RuntimeError) in strict mode. An
         exception already reported (strict mode re-raised it through an outer guard)
         is not counted again."""
-        if exc is None or not self._seen(exc):
+        # Only strict mode re-raises a fault through the guards around it; otherwise the
+        # same exception object met again (a store re-raising a saved error) is a new fault.
+        if exc is None or not (self.strict and self._seen(exc)):
             self.count(kind, exc, run_id)
         if self.strict:
             if exc is not None:

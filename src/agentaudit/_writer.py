@@ -496,8 +496,11 @@ class Writer:
         with self._lock:
             if self._closed:
                 raise _AfterClose(f"run {self.run_id} is closed; tool not recorded")
-            if self._record_locked(events):
+            taken = self._record_locked(events)
+            if taken:
                 self._calls += 1
+            if taken == 1:  # the call is on record, its result not: close gives it one
+                self._open_tools.append(_OpenTool(call, time.monotonic()))
 
     def _tool_call_payload(self, call: ToolCall) -> dict[str, Any]:
         return {

@@ -161,6 +161,7 @@ class SQLiteWriter:
         self._fatal: BaseException | None = None
         # The disk fault the thread is waiting out, or None while commits succeed.
         self.failing: BaseException | None = None
+        self._reopen = False  # the connection is read-only: open a new one before retrying
         # itertools.count: next() is atomic under the GIL, a += on an int is not.
         self._dropped = itertools.count(1)
         self._failed = itertools.count(1)
@@ -292,22 +293,19 @@ class SQLiteWriter:
     # -- writer thread -------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
         conn = self._conn if self._conn is not None else self._connect()
-        # No busy handler: the thread retries a locked file itself, with back-off. No
-        # automatic checkpoints either (see CHECKPOINT_INTERVAL).
-        conn.execute("PRAGMA busy_timeout = 0")
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        _writing_pragmas(conn)
         self._conn = conn
         return conn
 
     def _loop(self) -> None:
         try:
             with self._commit_lock:  # opening takes SQLite's locks too (see quiesce)
-                conn = self._open_retrying()
+                self._open_retrying()
             while True:
                 batch = self._next_batch()
                 if batch is None:
                     break
-                self._write(conn, batch)
+                self._write(batch)
         except BaseException as exc:  # a bug: fail loudly, not silently
             self._fatal = exc
             logger.error("agentaudit: the SQLite writer for %s stopped: %r", self._path, exc)
@@ -323,6 +321,24 @@ class SQLiteWriter:
                         pass
                 self._checkpoint_conn = None
                 self._conn = None
+
+    def _reconnect(self) -> None:
+        """A connection SQLite opened read-only stays read-only after the file becomes
+        writable: a new one is opened for the next attempt (the old one is kept until
+        then, and closed once the new one is open)."""
+        old = self._conn
+        try:
+            fresh = _writing_pragmas(self._connect())
+        except (sqlite3.Error, StoreError) as exc:
+            self._note_failing(exc)
+            return
+        self._reopen = False
+        self._conn = fresh
+        try:
+            if old is not None:
+                old.close()
+        except sqlite3.Error:
+            pass
 
     def _open_retrying(self) -> sqlite3.Connection:
         delay = 0.01
@@ -362,7 +378,7 @@ class SQLiteWriter:
         self._space.set()
         return batch
 
-    def _write(self, conn: sqlite3.Connection, batch: list[Item]) -> None:
+    def _write(self, batch: list[Item]) -> None:
         """Commit ``batch``, waiting out a locked file or a failing disk, and settle
         its futures."""
         delay = 0.002
@@ -370,7 +386,10 @@ class SQLiteWriter:
         try:
             while True:
                 with self._commit_lock:
-                    outcome = self._attempt(conn, batch, isolate)
+                    if self._reopen:
+                        self._reconnect()
+                    assert self._conn is not None
+                    outcome = self._attempt(self._conn, batch, isolate)
                 if outcome == _DONE:
                     return
                 if outcome == _REFUSED:
@@ -402,6 +421,8 @@ class SQLiteWriter:
             if _refuses_item(exc) and not isolate:
                 return _REFUSED
             self._note_failing(exc)
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            self._reopen = code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
             return _FAILING
         if self.failing is not None:
             logger.warning("agentaudit: %s is writable again; the writer resumed", self._path)
@@ -583,6 +604,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(
         before=_quiesce_writers, after_in_parent=_resume_writers, after_in_child=_forget_writers_in_child
     )
+
+
+def _writing_pragmas(conn: sqlite3.Connection) -> sqlite3.Connection:
+    # No busy handler: the writer thread retries a locked file itself, with back-off.
+    # No automatic checkpoints either (see CHECKPOINT_INTERVAL).
+    conn.execute("PRAGMA busy_timeout = 0")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    return conn
 
 
 def _remember(memory: collections.OrderedDict[str, str], run_id: str, why: str) -> None:

@@ -37,6 +37,7 @@ from .._model import (
     RunStatus,
     VerifyResult,
 )
+from ..payloads import TOOL_RESULT
 from ._sqlite_rows import (
     EVENT_COLUMNS,
     RUN_COLUMNS,
@@ -89,8 +90,10 @@ class SQLiteStore:
     before the hook returns, with ``synchronous=FULL`` (survives power loss too).
 
     ``max_queue`` bounds the events waiting to be written; an append that finds it
-    full waits up to ``queue_timeout`` seconds, then raises `StoreError` (the
-    writer counts the event as dropped). ``close_timeout`` bounds the final flush of
+    full is refused with `StoreError` at once (the Writer counts the event dropped;
+    a tool's result, which completes a call already taken, is never refused). A
+    ``queue_timeout`` above 0 lets an append wait that long for room while the disk
+    is healthy (a hook then may wait on disk, which the default never does). ``close_timeout`` bounds the final flush of
     `close` and of the exit hook. ``commit_delay`` trades the crash window against
     the agent's thread: smaller commits events sooner, in more, smaller transactions
     (0 commits each at once). ``create=False`` refuses a missing file
@@ -103,7 +106,7 @@ class SQLiteStore:
         *,
         durability: Durability = "batched",
         max_queue: int = 10_000,
-        queue_timeout: float = 1.0,
+        queue_timeout: float = 0.0,
         sync_timeout: float = 5.0,
         close_timeout: float = 5.0,
         commit_delay: float = COMMIT_DELAY,
@@ -269,12 +272,15 @@ class SQLiteStore:
                 raise TypeError(f"append_events takes aa.Event values, got {type(event).__name__}")
         if not events:
             return
+        # The queue's bound refuses new work, never the completion of work it took: a
+        # tool's result (its call is already queued or written) is always taken.
+        bounded = not all(event.event_type == TOOL_RESULT for event in events)
         if self.durability == "sync":
             future: Future[Any] = Future()
-            self._live_writer().submit(AppendEvents(events, future))
+            self._live_writer().submit(AppendEvents(events, future), bounded=bounded)
             self._wait(future, self.sync_timeout, f"event {events[0].run_id}#{events[0].sequence}")
         else:
-            self._live_writer().submit(AppendEvents(events))
+            self._live_writer().submit(AppendEvents(events), bounded=bounded)
 
     def submit_finish(self, run_id: str, stats: RunStats, finished_at: datetime) -> Future[None]:
         """Queue the run's finish; the future settles once it is committed with every
