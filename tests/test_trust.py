@@ -247,6 +247,8 @@ def test_the_auditor_refusing_a_path_says_what_to_pass() -> None:
         lambda w: w.on_tool(aa.ToolCall("t"), "r", duration_ms="abc"),
         lambda w: w.tool_started("t"),
         lambda w: w.log_event("x", [1, 2]),
+        lambda w: w.log_event("step", {"iter": 1}),  # only on_step writes steps
+        lambda w: w.log_event(" tool_result ", {}),
     ],
 )
 def test_a_hook_given_a_bad_argument_records_and_counts_nothing_but_the_fault(store: Any, hook: Any) -> None:
@@ -259,7 +261,7 @@ def test_a_hook_given_a_bad_argument_records_and_counts_nothing_but_the_fault(st
     run = store.get_run(w.run_id)
     assert (run.steps, run.tool_calls, store.get_logs(w.run_id)) == (0, 0, [])
     assert auditor.faults.total == 1
-    with pytest.raises(TypeError):
+    with pytest.raises((TypeError, ValueError)):
         strict = aa.Auditor(aa.MemoryStore(), strict=True).start_run("agent")
         hook(strict)
 

@@ -537,6 +537,11 @@ class Writer:
         if payload is not None and not isinstance(payload, Mapping):
             raise TypeError(f"log_event's payload must be a mapping or None, got {type(payload).__name__}")
         kind = self._text(event_type.strip(), "event_type", EVENT_TYPE_MAX)
+        if kind in payloads.RESERVED_EVENT_TYPES:
+            raise ValueError(
+                f"log_event cannot write a {kind!r} event: the Writer's own hooks write those "
+                "(on_step, tool_started/tool_finished, on_tool, log_error)"
+            )
         body = self._value(dict(payload or {}), kind)
         return [(kind, body)]
 
