@@ -679,3 +679,254 @@ def test_threads_see_the_run_only_through_a_copied_context(
     ids = sorted(p["id"] for t, p in events(store, run.run_id) if t == "tool_result")
     assert ids == sorted(f"c{n}" for n in range(8))
     assert_run_well_formed(store, run.run_id)
+
+
+# -- @audit_tool: write-ahead intent -----------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[aa.Store]:
+    if request.param == "memory":
+        yield aa.MemoryStore()
+        return
+    sqlite = aa.SQLiteStore(tmp_path / "audit.db")
+    yield sqlite
+    sqlite.close()
+
+
+def committed(store: aa.Store, run_id: str) -> list[tuple[str, dict[str, Any]]]:
+    store.flush(timeout=10)
+    return events(store, run_id)
+
+
+def test_a_tool_call_is_on_record_before_the_tool_body_runs(any_store: aa.Store) -> None:
+    seen_inside: list[list[tuple[str, dict[str, Any]]]] = []
+
+    @aa.audit_tool
+    def wire_money(amount: int) -> str:
+        seen_inside.append(committed(any_store, aa.current_run().run_id))
+        return f"sent {amount}"
+
+    @aa.audited(aa.Auditor(any_store, strict=True))
+    def agent() -> str:
+        return wire_money(100, tool_call_id="wire_1")
+
+    assert agent() == "sent 100"
+    assert seen_inside == [
+        [("tool_call", {"name": "wire_money", "args": '{"amount":100}', "id": "wire_1"})]
+    ]
+    run = any_store.list_runs(aa.RunFilter())[0]
+    assert_run_well_formed(any_store, run.run_id)
+    kinds = [kind for kind, _ in committed(any_store, run.run_id)]
+    assert kinds == ["tool_call", "tool_result"]
+
+
+async def test_an_async_tool_call_is_on_record_before_the_tool_body_runs(
+    store: aa.MemoryStore, auditor: aa.Auditor
+) -> None:
+    seen_inside: list[list[str]] = []
+
+    @aa.audit_tool
+    async def lookup(key: str) -> str:
+        seen_inside.append([t for t, _ in events(store, aa.current_run().run_id)])
+        await asyncio.sleep(0)
+        return key.upper()
+
+    @aa.audited(auditor)
+    async def agent() -> list[str]:
+        return list(await asyncio.gather(lookup("a", tool_call_id="c1"), lookup("b", tool_call_id="c2")))
+
+    assert await agent() == ["A", "B"]
+    # Both tools started before either ended: their calls are on record side by side.
+    assert seen_inside == [["tool_call"], ["tool_call", "tool_call"]]
+    run = only_run(store)
+    assert_run_well_formed(store, run.run_id)
+    assert [t for t, _ in events(store, run.run_id)] == ["tool_call", "tool_call", "tool_result", "tool_result"]
+
+
+async def test_a_tool_cancelled_mid_call_has_its_call_and_a_cancelled_result(
+    store: aa.MemoryStore, auditor: aa.Auditor
+) -> None:
+    started = asyncio.Event()
+
+    @aa.audit_tool
+    async def wait_for_bank(account: str) -> str:
+        started.set()
+        await asyncio.sleep(3600)
+        return "never"
+
+    @aa.audited(auditor)
+    async def agent() -> str:
+        return await wait_for_bank("A", tool_call_id="b1")
+
+    task = asyncio.ensure_future(agent())
+    await started.wait()
+    assert [t for t, _ in events(store, only_run(store).run_id)] == ["tool_call"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    run = only_run(store)
+    assert_run_well_formed(store, run.run_id)
+    assert run.status is aa.RunStatus.CANCELLED
+    _, result = events(store, run.run_id)[1]
+    assert (result["id"], result["result"], result["error"]) == ("b1", aa.payloads.CANCELLED_TOOL_RESULT, True)
+
+
+def test_a_tool_still_running_when_its_run_closes_gets_a_cancelled_result(
+    store: aa.MemoryStore, auditor: aa.Auditor
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    @aa.audit_tool
+    def slow() -> str:
+        entered.set()
+        release.wait(timeout=10)
+        return "late"
+
+    @aa.audited(auditor)
+    def agent() -> threading.Thread:
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(slow,))
+        worker.start()
+        entered.wait(timeout=10)
+        return worker  # the run ends with its tool still running
+
+    worker = agent()
+    release.set()
+    worker.join(timeout=10)
+
+    run = only_run(store)
+    assert_run_well_formed(store, run.run_id)
+    (_, call), (_, result) = events(store, run.run_id)
+    assert call["name"] == result["name"] == "slow"
+    assert (result["result"], result["error"]) == (aa.payloads.CANCELLED_TOOL_RESULT, True)
+    # The result that came after the close is refused, and counted.
+    assert auditor.faults.counts() == {"after_close": 1}
+
+
+# -- exceptions whose str() raises are never replaced by ours ----------------------------
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception raises")
+
+
+UNPRINTABLE = "Unprintable: <unprintable Unprintable>"
+
+
+def test_an_unprintable_exception_reaches_the_caller_of_audited_unchanged(
+    store: aa.MemoryStore,
+) -> None:
+    auditor = aa.Auditor(store, strict=True)
+    boom = Unprintable()
+
+    @aa.audited(auditor)
+    def agent() -> None:
+        raise boom
+
+    @aa.audited(auditor, name="gen")
+    def gen() -> Iterator[int]:
+        yield 1
+        raise boom
+
+    for call in (agent, lambda: list(gen())):
+        with pytest.raises(Unprintable) as caught:
+            call()
+        assert caught.value is boom
+    for run in store.list_runs(aa.RunFilter()):
+        assert (run.status, run.error) == (aa.RunStatus.FAILED, UNPRINTABLE)
+    assert auditor.faults.counts() == {}
+
+
+async def test_an_unprintable_exception_reaches_the_caller_of_async_audited_unchanged(
+    store: aa.MemoryStore,
+) -> None:
+    auditor = aa.Auditor(store, strict=True)
+    boom = Unprintable()
+
+    @aa.audited(auditor)
+    async def agent() -> None:
+        raise boom
+
+    @aa.audited(auditor, name="agen")
+    async def agen() -> AsyncIterator[int]:
+        yield 1
+        raise boom
+
+    async def drain() -> None:
+        async for _ in agen():
+            pass
+
+    for call in (agent, drain):
+        with pytest.raises(Unprintable) as caught:
+            await call()
+        assert caught.value is boom
+    for run in store.list_runs(aa.RunFilter()):
+        assert (run.status, run.error) == (aa.RunStatus.FAILED, UNPRINTABLE)
+
+
+def test_an_unprintable_exception_reaches_the_caller_of_audit_tool_and_run_unchanged(
+    store: aa.MemoryStore,
+) -> None:
+    auditor = aa.Auditor(store, strict=True)
+    boom = Unprintable()
+
+    @aa.audit_tool
+    def tool() -> None:
+        raise boom
+
+    with pytest.raises(Unprintable) as caught, auditor.run("r") as writer:
+        tool(tool_call_id="t1")
+    assert caught.value is boom
+    run = only_run(store)
+    assert (run.status, run.error) == (aa.RunStatus.FAILED, UNPRINTABLE)
+    _, result = events(store, writer.run_id)[1]
+    assert (result["result"], result["error"]) == (UNPRINTABLE, True)
+    assert auditor.faults.counts() == {}
+
+
+async def test_an_unprintable_exception_leaves_async_run_and_tool_unchanged(
+    store: aa.MemoryStore,
+) -> None:
+    auditor = aa.Auditor(store, strict=True)
+    boom = Unprintable()
+
+    @aa.audit_tool
+    async def tool() -> None:
+        raise boom
+
+    with pytest.raises(Unprintable) as caught:
+        async with auditor.run("r"):
+            await tool()
+    assert caught.value is boom
+    run = only_run(store)
+    assert (run.status, run.error) == (aa.RunStatus.FAILED, UNPRINTABLE)
+
+
+# -- record_step: a bad iter never reaches the loop ---------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["1", 0, -3, True, 1.0])
+def test_a_bad_iter_is_a_fault_and_the_step_is_still_recorded(
+    store: aa.MemoryStore, auditor: aa.Auditor, bad: Any
+) -> None:
+    with auditor.run("r") as writer:
+        first = aa.record_step(aa.Response(text="a"), iter=bad)
+        aa.record_step(aa.Response(text="b"))
+    assert first == aa.Response(text="a")
+    assert [p["iter"] for t, p in events(store, writer.run_id) if t == "step"] == [1, 2]
+    assert auditor.faults.counts() == {"record_step.argument": 1}
+    assert_run_well_formed(store, writer.run_id)
+
+
+@pytest.mark.parametrize(("bad", "error"), [("1", TypeError), (True, TypeError), (0, ValueError)])
+def test_a_bad_iter_raises_in_strict_mode(store: aa.MemoryStore, bad: Any, error: type) -> None:
+    auditor = aa.Auditor(store, strict=True)
+    with auditor.run("r"), pytest.raises(error, match=r"iter"):
+        aa.record_step(aa.Response(text="a"), iter=bad)
+
+
+def test_a_bad_iter_in_a_disabled_run_is_ignored() -> None:
+    with aa.Auditor(None).run("r"):
+        assert aa.record_step(aa.Response(text="a"), iter="1") is None  # type: ignore[arg-type]

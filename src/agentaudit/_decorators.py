@@ -23,7 +23,12 @@ from ._context import activate, current_run, deactivate
 from ._model import Response, RunStats, RunStatus, ToolCall
 from ._responses import to_response
 from ._serialize import canonical_json
-from .adapters import error_text, status_for_exception
+from .adapters import (
+    CANCELLED_TOOL_RESULT,
+    error_text,
+    is_cancellation,
+    status_for_exception,
+)
 
 __all__ = ["audit_tool", "audited", "configure", "default_auditor", "record_step"]
 
@@ -439,9 +444,12 @@ def audit_tool(
     fn: Any = None, *, name: str | None = None, id_kwarg: str = "tool_call_id"
 ) -> Any:
     """Record each call of the decorated tool function (sync or `async`) in the
-    current run: a `tool_call` with its arguments, then its `tool_result` with the
-    return value, the duration and, when it raised, `error: true` (the exception is
-    re-raised unchanged). Outside a run the function just runs.
+    current run: a `tool_call` with its arguments, recorded before the function
+    runs (so a tool that hangs or crashes the process is still on record), then its
+    `tool_result` with the return value, the duration and, when it raised,
+    `error: true` (the exception is re-raised unchanged; a cancelled call's result
+    is `"tool call cancelled"`). A call still running when its run closes gets that
+    cancelled result from the close. Outside a run the function just runs.
 
     Args:
         name: the tool's name as the model knows it; the function's name by default.
@@ -485,20 +493,25 @@ class _ToolSpec:
         call_id = kwargs.get(self.id_kwarg) if self.keeps_id else kwargs.pop(self.id_kwarg, None)
         return (call_id if isinstance(call_id, str) and call_id else _new_call_id()), kwargs
 
-    def record(
-        self,
-        writer: Any,
-        call_id: str,
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-        result: Any,
-        error: bool,
-        started: float,
-    ) -> None:
-        duration_ms = (time.perf_counter() - started) * 1000.0
+    def start(
+        self, writer: Any, call_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> ToolCall | None:
+        """Record the call before the tool runs (write-ahead): a tool that hangs, or
+        a process that dies inside it, still leaves its call on record. The call
+        recorded, or None when it could not be built (a fault, counted)."""
+        call: ToolCall | None = None
         with writer.faults.guard("audit_tool", writer.run_id):
             call = ToolCall.lenient(self.name, self.binder.arguments(args, kwargs), call_id)
-            writer.on_tool(call, result, error=error, duration_ms=duration_ms)
+        if call is not None:
+            writer.tool_started(call)
+        return call
+
+    @staticmethod
+    def finish(writer: Any, call: ToolCall | None, result: Any, error: bool, started: float) -> None:
+        """Record the result against the call :meth:`start` recorded."""
+        if call is not None:
+            duration_ms = (time.perf_counter() - started) * 1000.0
+            writer.tool_finished(call, result, error=error, duration_ms=duration_ms)
 
 
 def _decorate_tool(fn: Callable[..., Any], name: str, id_kwarg: str) -> Callable[..., Any]:
@@ -512,13 +525,16 @@ def _decorate_tool(fn: Callable[..., Any], name: str, id_kwarg: str) -> Callable
             writer = current_run()
             if not writer.enabled:
                 return await fn(*args, **kwargs)
+            call = spec.start(writer, call_id, args, kwargs)
             started = time.perf_counter()
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                spec.record(writer, call_id, args, kwargs, error_text(exc), True, started)
+                # A cancelled task's tool: the result a run's close would give it.
+                text = CANCELLED_TOOL_RESULT if is_cancellation(exc) else error_text(exc)
+                spec.finish(writer, call, text, True, started)
                 raise
-            spec.record(writer, call_id, args, kwargs, result, False, started)
+            spec.finish(writer, call, result, False, started)
             return result
 
         return async_wrapper
@@ -529,13 +545,15 @@ def _decorate_tool(fn: Callable[..., Any], name: str, id_kwarg: str) -> Callable
         writer = current_run()
         if not writer.enabled:
             return fn(*args, **kwargs)
+        call = spec.start(writer, call_id, args, kwargs)
         started = time.perf_counter()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            spec.record(writer, call_id, args, kwargs, error_text(exc), True, started)
+            text = CANCELLED_TOOL_RESULT if is_cancellation(exc) else error_text(exc)
+            spec.finish(writer, call, text, True, started)
             raise
-        spec.record(writer, call_id, args, kwargs, result, False, started)
+        spec.finish(writer, call, result, False, started)
         return result
 
     return wrapper
@@ -556,15 +574,19 @@ def record_step(response: Any, *, iter: int | None = None) -> Response | None:
     Anthropic `Message`, or the plain dict of one (read by field name; no SDK is
     imported). Steps are numbered 1, 2, 3 per run unless `iter` is given.
 
-    Never raises at the loop: a shape it cannot read is recorded with what could be
-    read, and reported as a fault. Returns the `aa.Response` recorded,
-    or `None` outside a run (where it does nothing).
+    Never raises at the loop in a run: a shape it cannot read is recorded with what
+    could be read, and a bad `iter` (not an int >= 1) is ignored, the step numbered
+    as if none was given; either is reported as a fault (raised in strict mode).
+    Returns the `aa.Response` recorded, or `None` outside a run (where it does
+    nothing at all: audit off must not behave differently from audit on).
     """
-    if iter is not None and (isinstance(iter, bool) or not isinstance(iter, int) or iter < 1):
-        raise ValueError(f"record_step(iter=...) must be an int >= 1, got {iter!r}")
     writer = current_run()
     if not writer.enabled:
         return None
+    problem = None if iter is None else _iter_problem(iter)
+    if problem is not None:
+        writer.faults.report("record_step.argument", problem, writer.run_id)  # strict: raises
+        iter = None
     converted, problems = to_response(response)
     if problems:
         _report_shape(writer, response, problems)
@@ -574,6 +596,15 @@ def record_step(response: Any, *, iter: int | None = None) -> Response | None:
         with _step_lock:
             writer.on_step(writer.steps_count() + 1, converted)
     return converted
+
+
+def _iter_problem(iter: Any) -> Exception | None:
+    """Why ``iter`` is not a step number (an int >= 1), or None when it is one."""
+    if isinstance(iter, bool) or not isinstance(iter, int):
+        return TypeError(f"record_step(iter=...) must be an int >= 1, got a {type(iter).__name__}")
+    if iter < 1:
+        return ValueError(f"record_step(iter=...) must be an int >= 1, got {iter!r}")
+    return None
 
 
 class ResponseShapeError(ValueError):

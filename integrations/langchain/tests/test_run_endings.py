@@ -15,6 +15,7 @@ from lc_support import ScriptedChatModel, ai, ask, check_run_matches_messages, s
 
 import agentaudit as aa
 from agentaudit.testing import assert_run_well_formed
+from agentaudit_langchain._handler import INTERRUPTED_TOOL_RESULT
 
 
 def only_run(store: aa.MemoryStore) -> aa.Run:
@@ -144,8 +145,16 @@ def test_an_interrupt_is_recorded_as_interrupted_and_the_resume_as_a_new_run(sto
     assert first.output == "I will ask first."
     assert first.metadata["thread_id"] == "pay-thread"
     events = store.get_logs(first.run_id)
-    # The interrupted tool did not run to an end: no tool events, an interrupt event.
-    assert [e.event_type for e in events] == ["step", "resolved_model", "interrupt"]
+    # The tool's call was recorded when it started; interrupted, it did not run to an
+    # end, and its result says so. Then the interrupt event.
+    assert [e.event_type for e in events] == [
+        "step", "resolved_model", "tool_call", "tool_result", "interrupt"
+    ]  # fmt: skip
+    assert events[2].payload == {"name": "needs_approval", "args": '{"amount":5}', "id": "pay_1"}
+    assert events[3].payload["id"] == "pay_1"
+    assert events[3].payload["result"] == INTERRUPTED_TOOL_RESULT == "tool call interrupted"
+    assert events[3].payload["error"] is True
+    assert first.tool_calls == 1
     (pending,) = events[-1].payload["interrupts"]
     assert pending["value"] == {"question": "pay 5?"}
     assert pending["id"] == paused["__interrupt__"][0].id
@@ -185,10 +194,15 @@ def test_an_interrupt_in_a_sub_agent_interrupts_both_runs(store, handler):
     boss = store.list_runs(aa.RunFilter(name="boss"))[0]
     payer = store.list_runs(aa.RunFilter(name="payer"))[0]
     assert payer.parent_run_id == boss.run_id
-    for run in (boss, payer):
+    for run, tool_name in ((boss, "delegate"), (payer, "needs_approval")):
         assert_run_well_formed(store, run.run_id)
         assert run.status == "interrupted"
-        assert store.get_logs(run.run_id)[-1].event_type == "interrupt"
+        events = store.get_logs(run.run_id)
+        assert events[-1].event_type == "interrupt"
+        # Each run's interrupted tool: its call on record, its result saying why.
+        call, result = (e for e in events if e.event_type.startswith("tool_"))
+        assert call.payload["name"] == result.payload["name"] == tool_name
+        assert (result.payload["result"], result.payload["error"]) == (INTERRUPTED_TOOL_RESULT, True)
 
 
 async def test_a_cancelled_ainvoke_is_recorded_as_cancelled(store, handler):

@@ -9,8 +9,10 @@ How LangChain's run tree maps onto audit runs:
 - A run whose parent we have seen joins its parent's audit run. The exception is
   a chain started inside a *tool*: that is a sub-agent, recorded as a child audit
   run (``parent_run_id`` = the calling run).
-- Each model call's end is one ``step``; each tool's end or error is one
-  ``on_tool``; the root's end or error closes the audit run.
+- Each model call's end is one ``step``. A tool's start records its ``tool_call``
+  at once (write-ahead: a tool that hangs, crashes the process or is interrupted
+  is still on record); its end or error records the ``tool_result``. The root's end
+  or error closes the audit run, giving any tool still running a cancelled result.
 
 State is three dicts keyed by LangChain run id (the UUID's ``int``: a UUID hashes and
 compares in Python, and an agent run makes some eighty lookups) and holding only
@@ -23,9 +25,7 @@ handler without a lock; a per-run lock only keeps step numbers in event order.
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
@@ -33,11 +33,22 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 
 import agentaudit as aa
+from agentaudit.adapters import (
+    CANCELLED_TOOL_RESULT,
+    error_text,
+    is_cancellation,
+    status_for_exception,
+)
 
 from ._messages import final_output, last_human_text, run_input, tool_result
 from ._response import to_response
 
-__all__ = ["AuditCallbackHandler"]
+__all__ = ["INTERRUPTED_TOOL_RESULT", "AuditCallbackHandler"]
+
+# The result recorded for a tool that a LangGraph interrupt stopped (``interrupt()``
+# inside the tool, human-in-the-loop middleware): its call is on record, it did not
+# run to an end, and it runs again, in a new run, when the graph is resumed.
+INTERRUPTED_TOOL_RESULT = "tool call interrupted"
 
 # Invocation metadata LangChain and LangGraph add themselves; not the user's to see again.
 _INTERNAL_PREFIXES = ("ls_", "lc_", "langgraph_", "checkpoint_", "__")
@@ -53,17 +64,7 @@ def _is_langgraph(error: BaseException, class_name: str) -> bool:
     )
 
 
-def _error_text(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-_CANCELLED_TOOL = "tool call cancelled"
 _DISABLED = aa.Auditor(None)
-
-
-def _is_cancellation(error: BaseException) -> bool:
-    return isinstance(error, (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit))
 
 
 def _stats_for_error(error: BaseException) -> aa.RunStats:
@@ -71,11 +72,7 @@ def _stats_for_error(error: BaseException) -> aa.RunStats:
     failure), cancelled, timed out, or failed with the error's text."""
     if _is_langgraph(error, "GraphBubbleUp"):
         return aa.RunStats(status=aa.RunStatus.INTERRUPTED)
-    if _is_cancellation(error):
-        return aa.RunStats(status=aa.RunStatus.CANCELLED, error=_error_text(error))
-    if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
-        return aa.RunStats(status=aa.RunStatus.TIMEOUT, error=_error_text(error))
-    return aa.RunStats(status=aa.RunStatus.FAILED, error=_error_text(error))
+    return aa.RunStats(status=status_for_exception(error), error=error_text(error))
 
 
 def _interrupts(error: BaseException) -> list[dict[str, Any]]:
@@ -132,16 +129,6 @@ class _AuditRun:
     def note_interrupt(self, error: BaseException) -> None:
         for item in _interrupts(error):
             self.interrupts.setdefault(item["id"] or len(self.interrupts), item)
-
-
-class _ToolStart:
-    __slots__ = ("arguments", "call_id", "name", "started")
-
-    def __init__(self, name: str, call_id: str | None, arguments: Any) -> None:
-        self.name = name
-        self.call_id = call_id
-        self.arguments = arguments
-        self.started = time.perf_counter()
 
 
 class AuditCallbackHandler(BaseCallbackHandler):
@@ -223,7 +210,9 @@ class AuditCallbackHandler(BaseCallbackHandler):
         # Live LangChain runs only (see the module docstring).
         self._runs: dict[int, _AuditRun] = {}
         self._models: dict[int, tuple[str | None, str | None]] = {}
-        self._tools: dict[int, _ToolStart] = {}
+        # LangChain tool run -> the ToolCall its start recorded (its end records the
+        # result against that same object).
+        self._tools: dict[int, aa.ToolCall] = {}
 
     # -- what LangChain should not call at all ----------------------------------------
 
@@ -323,9 +312,9 @@ class AuditCallbackHandler(BaseCallbackHandler):
             for member in list(run.members):
                 self._runs.pop(member, None)
                 self._models.pop(member, None)
-                start = self._tools.pop(member, None)
-                if start is not None:  # every call the run made gets its result
-                    self._record_tool(run, start, _CANCELLED_TOOL, True, None)
+                call = self._tools.pop(member, None)
+                if call is not None:  # every call the run made gets its result
+                    run.writer.tool_finished(call, CANCELLED_TOOL_RESULT, error=True)
             run.members.clear()
         if run.interrupts:
             self._log_interrupts(run)
@@ -476,7 +465,7 @@ class AuditCallbackHandler(BaseCallbackHandler):
             run = self._leave(key)
             if run is None:
                 return
-            run.writer.log_error(_error_text(error))
+            run.writer.log_error(error_text(error))
             if run.root_id == key:
                 self._end(run, _stats_for_error(error))
 
@@ -502,63 +491,63 @@ class AuditCallbackHandler(BaseCallbackHandler):
                 name = kwargs.get("name") or "tool"
             parent = self._runs.get(parent_run_id.int) if parent_run_id is not None else None
             if parent is None:  # a tool invoked on its own: a run of its own
-                self._start(key, run_id, name, input_str if inputs is None else inputs, metadata)
+                run = self._start(
+                    key, run_id, name, input_str if inputs is None else inputs, metadata
+                )
             else:
+                run = parent
                 self._join(parent, key)
             call_id = kwargs.get("tool_call_id")
             # `inputs` is the argument mapping; `input_str` only its Python repr.
-            self._tools[key] = _ToolStart(
+            call = aa.ToolCall.lenient(
                 name,
-                call_id if isinstance(call_id, str) else None,
                 inputs if inputs is not None else input_str,
+                call_id if isinstance(call_id, str) else None,
             )
+            if not call.id and run.last_calls:
+                # No id passed: the id of the call the latest step asked for.
+                call = aa.ToolCall(call.name, call.arguments, run.call_id_for(call))
+            self._tools[key] = call
+            # Write-ahead: the call is on record before the tool runs.
+            run.writer.tool_started(call)
 
-    @staticmethod
-    def _record_tool(
-        run: _AuditRun, start: _ToolStart, result: Any, error: bool, call_id: str | None
+    def _tool_done(
+        self, key: int, result: Any, error: bool, root_stats: aa.RunStats | None = None
     ) -> None:
-        elapsed_ms = (time.perf_counter() - start.started) * 1000.0
-        call = aa.ToolCall.lenient(start.name, start.arguments, start.call_id or call_id)
-        if not call.id and run.last_calls:
-            call = aa.ToolCall(call.name, call.arguments, run.call_id_for(call))
-        run.writer.on_tool(call, result, error=error, duration_ms=elapsed_ms)
-
-    def _tool_done(self, key: int, result: Any, error: bool, call_id: str | None) -> None:
-        start = self._tools.pop(key, None)
+        """Record a tool's result against the call its start recorded; a tool that
+        was the root ends its run (with ``root_stats``, or succeeded with the result)."""
+        call = self._tools.pop(key, None)
         run = self._leave(key)
-        if run is None or start is None:
+        if run is None or call is None:
             return
-        self._record_tool(run, start, result, error, call_id)
+        run.writer.tool_finished(call, result, error=error)
         if run.root_id == key:
-            if error:
-                self._end(run, aa.RunStats(status=aa.RunStatus.FAILED, error=str(result)))
-            else:
-                self._end(run, aa.RunStats(output=result))
+            self._end(run, root_stats or aa.RunStats(output=result))
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_tool_end:
-            result, is_error, call_id = tool_result(output)
-            self._tool_done(run_id.int, result, is_error, call_id)
+            result, is_error, _ = tool_result(output)
+            stats = aa.RunStats(status=aa.RunStatus.FAILED, error=str(result)) if is_error else None
+            self._tool_done(run_id.int, result, is_error, stats)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_tool_error:
+            key = run_id.int
             if _is_langgraph(error, "GraphBubbleUp"):
                 # An interrupt (or a command to the parent graph) is control flow:
                 # the tool did not fail, and it runs again when the graph resumes.
-                key = run_id.int
-                self._tools.pop(key, None)
-                run = self._leave(key)
-                if run is not None:
-                    if _is_langgraph(error, "GraphInterrupt"):
+                # Its call is on record already; its result says why it has none.
+                if _is_langgraph(error, "GraphInterrupt"):
+                    run = self._runs.get(key)
+                    if run is not None:
                         run.note_interrupt(error)
-                    if run.root_id == key:
-                        self._end(run, _stats_for_error(error))
+                    result = INTERRUPTED_TOOL_RESULT
+                else:
+                    result = f"tool call ended by LangGraph control flow ({type(error).__name__})"
+                self._tool_done(key, result, True, _stats_for_error(error))
                 return
-            call_id = kwargs.get("tool_call_id")
-            result = _CANCELLED_TOOL if _is_cancellation(error) else _error_text(error)
-            self._tool_done(
-                run_id.int, result, True, call_id if isinstance(call_id, str) else None
-            )
+            result = CANCELLED_TOOL_RESULT if is_cancellation(error) else error_text(error)
+            self._tool_done(key, result, True, _stats_for_error(error))
 
     # -- retrievers: tracked only so that runs below them find their audit run ----------
 

@@ -6,6 +6,10 @@ event is routed by its parent or its own span id: concurrent runs (asyncio tasks
 threads) never share state, and a run started inside another run's tool finds its
 parent. When a run's span ends, everything the run owned is dropped.
 
+A tool's call is recorded when its ``call_tool`` span opens (write-ahead: a tool that
+hangs, or a process that dies mid-tool, still leaves the call on record), its result
+when the span closes.
+
 Every hook body runs inside the auditor's guard (``Recorder.guard``): a fault
 is logged once, counted on ``auditor.faults`` and swallowed, so the agent never
 sees it.
@@ -13,11 +17,9 @@ sees it.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import inspect
 import threading
-import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -28,23 +30,30 @@ from llama_index.core.base.llms.base import BaseLLM
 from llama_index.core.instrumentation.dispatcher import active_instrument_tags
 
 import agentaudit as aa
+from agentaudit.adapters import (
+    CANCELLED_TOOL_RESULT,
+    error_text,
+    is_cancellation,
+    status_for_exception,
+)
 
 from ._llm import chunk_finish_reason, llm_metadata, read_chat_response
 from ._workflow import (
     agent_of_step,
-    error_text,
     is_agent_run,
     run_input,
     run_name,
     run_output,
-    status_for,
     tool_call_of,
     tool_result_of,
 )
 
-__all__ = ["Recorder"]
+__all__ = ["WAITING_TOOL_RESULT", "Recorder"]
 
-_CANCELLED_TOOL = "tool call cancelled"
+# The result recorded for a tool that paused to wait for an event (human in the
+# loop, ``ctx.wait_for_event``): its call is on record, it did not run to an end.
+# The workflow runs the step again when the event arrives: a new call and result.
+WAITING_TOOL_RESULT = "tool call waiting for an event; it runs again when the event arrives"
 _DETACHED = "agentaudit_llamaindex was uninstrumented while the run was in flight"
 
 
@@ -71,8 +80,7 @@ class _Span:
     parent_id: str | None
     agent: str | None = None  # set on run_agent_step spans
     pending: list[aa.Response] = field(default_factory=list)  # model turns of the step
-    tool: aa.ToolCall | None = None  # set on call_tool spans
-    started: float = 0.0
+    tool: aa.ToolCall | None = None  # set on call_tool spans (recorded at enter)
     cancelled: bool = False
     llm: Any = None  # the LLM instance, on the spans of LLM methods
 
@@ -156,14 +164,12 @@ class Recorder:
             span.agent = agent_of_step(bound_args)
             span.tool = tool_call_of(id_, bound_args)
             if span.tool is not None:
-                span.started = time.perf_counter()
+                self._start_tool(id_, span)
+                return
             if isinstance(instance, BaseLLM):
                 span.llm = instance  # described at its chat start, if that needs it
-            with self._lock:
-                if run.span_id not in self._runs:
-                    return  # the run ended meanwhile
-                self._spans[id_] = span
-                run.spans.add(id_)
+            if not self._track(id_, span):
+                return  # the run ended meanwhile
             if span.agent is not None:
                 self._agent_turn(run, span.agent)
 
@@ -190,8 +196,8 @@ class Recorder:
                 self._end_run(run, error=err or RuntimeError("the run's span was dropped"))
                 return
             if span.tool is not None:
-                if err is None or isinstance(err, asyncio.CancelledError):
-                    self._write_tool(span, _CANCELLED_TOOL, True)
+                if err is None or is_cancellation(err):
+                    self._write_tool(span, CANCELLED_TOOL_RESULT, True)
                 else:
                     self._write_tool(span, error_text(err), True)
             elif span.agent is not None:
@@ -354,7 +360,7 @@ class Recorder:
         self, run: _Run, *, result: Any = None, error: BaseException | None = None
     ) -> None:
         if error is not None:
-            stats = aa.RunStats(status=status_for(error), error=error_text(error))
+            stats = aa.RunStats(status=status_for_exception(error), error=error_text(error))
         elif run.cancelled:
             stats = aa.RunStats(status=aa.RunStatus.CANCELLED, error="cancelled by the user")
         else:
@@ -378,6 +384,16 @@ class Recorder:
             self._flush_step(span, None)
         with run.lock:
             run.writer.close(stats)
+
+    def _track(self, id_: str, span: _Span) -> bool:
+        """Hold ``span`` as part of its run; False when the run has ended."""
+        run = span.run
+        with self._lock:
+            if run.span_id not in self._runs:
+                return False
+            self._spans[id_] = span
+            run.spans.add(id_)
+        return True
 
     def _pop_span(self, id_: str) -> _Span | None:
         with self._lock:
@@ -414,19 +430,32 @@ class Recorder:
             run.steps += 1
             run.writer.on_step(run.steps, response, extra=extra)
 
+    def _start_tool(self, id_: str, span: _Span) -> None:
+        """Write-ahead: record the tool's call before it runs. Under the run's lock,
+        which the run's close also takes: the call lands before the close (which then
+        gives it a cancelled result if it never ends), or not at all."""
+        assert span.tool is not None
+        with span.run.lock:
+            if self._track(id_, span):
+                span.run.writer.tool_started(span.tool)
+
     def _end_tool(self, span: _Span, result: Any) -> None:
         outcome = tool_result_of(result)
         if outcome is not None:
             self._write_tool(span, outcome[0], outcome[1])
         elif span.cancelled:
-            self._write_tool(span, _CANCELLED_TOOL, True)
-        # else: the step is waiting for an event (human in the loop) and runs again.
+            self._write_tool(span, CANCELLED_TOOL_RESULT, True)
+        else:
+            # The step paused to wait for an event (human in the loop); the workflow
+            # replays it, a new call, when the event arrives.
+            self._write_tool(span, WAITING_TOOL_RESULT, True)
 
     def _write_tool(self, span: _Span, output: Any, failed: bool) -> None:
         assert span.tool is not None
-        duration_ms = (time.perf_counter() - span.started) * 1000.0
-        with span.run.lock:
-            span.run.writer.on_tool(span.tool, output, error=failed, duration_ms=duration_ms)
+        run = span.run
+        with run.lock:
+            if run.span_id in self._runs:  # else the run's close gave it its result
+                run.writer.tool_finished(span.tool, output, error=failed)
 
     def _model_failed(self, call: _LLMCall, error: BaseException) -> None:
         with call.run.lock:

@@ -9,7 +9,6 @@ execution (``call_tool``).
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from typing import Any
 
@@ -24,19 +23,12 @@ from llama_index.core.agent.workflow.base_agent import DEFAULT_AGENT_NAME, BaseW
 
 import agentaudit as aa
 
-try:  # the timeout error lives in the workflows package (llama-index-workflows)
-    from workflows.errors import WorkflowTimeoutError
-except ImportError:  # pragma: no cover - older layouts
-    from llama_index.core.workflow.errors import WorkflowTimeoutError  # type: ignore[no-redef]
-
 __all__ = [
     "agent_of_step",
-    "error_text",
     "is_agent_run",
     "run_input",
     "run_name",
     "run_output",
-    "status_for",
     "tool_call_of",
     "tool_result_of",
 ]
@@ -121,17 +113,3 @@ def tool_result_of(result: Any) -> tuple[str, bool] | None:
         return None
     output = result.tool_output
     return output.content, bool(output.is_error)
-
-
-def status_for(error: BaseException) -> aa.RunStatus:
-    if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)):
-        return aa.RunStatus.CANCELLED
-    if isinstance(error, (WorkflowTimeoutError, TimeoutError)):
-        return aa.RunStatus.TIMEOUT
-    return aa.RunStatus.FAILED
-
-
-def error_text(error: BaseException) -> str:
-    """``"ValueError: boom"``; the bare class name when the message is empty."""
-    message = str(error)
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
