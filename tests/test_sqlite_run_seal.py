@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 import agentaudit as aa
 from agentaudit.cli import cli
-from agentaudit.stores import _sqlite_schema, _sqlite_writer
+from agentaudit.stores import _sqlite_schema
 
 RESPONSE = aa.Response(
     text="checking", model="p/m", usage=aa.Usage(3, 2),
