@@ -24,7 +24,7 @@ import pytest
 import respx
 
 import agentaudit as aa
-from agentaudit.testing import assert_run_well_formed
+from agentaudit.testing import assert_run_well_formed, paired_tool_events
 
 
 @dataclass(frozen=True)
@@ -601,25 +601,11 @@ def recorded_events(store: aa.Store, run_id: str) -> list[tuple[str, dict[str, A
     return out
 
 
-def paired(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    """``events`` with each tool_result moved up to just after its tool_call. A call
-    is recorded when its tool starts (write-ahead), so the calls and results of tools
-    run concurrently (asyncio.gather) interleave; each result still follows its call."""
-    out: list[tuple[str, dict[str, Any]]] = []
-    for kind, payload in events:
-        if kind != "tool_result":
-            out.append((kind, payload))
-            continue
-        at = next(i for i, (k, p) in enumerate(out) if k == "tool_call" and p["id"] == payload["id"])
-        out.insert(at + 1, (kind, payload))
-    return out
-
-
 def check_run(store: aa.Store, api: API, answer: str, name: str) -> None:
     assert answer == TURNS[-1].text
     [run] = store.list_runs(aa.RunFilter(name=name))
     assert_run_well_formed(store, run.run_id)
-    assert paired(recorded_events(store, run.run_id)) == expected_events(api)
+    assert paired_tool_events(recorded_events(store, run.run_id)) == expected_events(api)
     assert run.status is aa.RunStatus.SUCCEEDED
     assert json.loads(run.input) == {"question": QUESTION}
     assert run.output == answer

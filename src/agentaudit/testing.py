@@ -16,9 +16,16 @@ from typing import Any
 
 from ._auditor import Auditor
 from ._model import Event, Response, Run, RunFilter, RunStats, RunStatus, ToolCall, Usage
+from .payloads import ID, TOOL_CALL, TOOL_RESULT
 from .stores.memory import MemoryStore
 
-__all__ = ["BlockingStore", "RaisingStore", "StoreConformance", "assert_run_well_formed"]
+__all__ = [
+    "BlockingStore",
+    "RaisingStore",
+    "StoreConformance",
+    "assert_run_well_formed",
+    "paired_tool_events",
+]
 
 
 def assert_run_well_formed(store: Any, run_id: str) -> Run:
@@ -55,6 +62,26 @@ def assert_run_well_formed(store: Any, run_id: str) -> Run:
     models = [e for e in events if e.event_type == "resolved_model"]
     assert len(models) <= 1, "resolved_model recorded more than once"
     return run
+
+
+def paired_tool_events(logged: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``logged`` ((event type, payload) in sequence order) with each ``tool_result``
+    moved up to just after its ``tool_call``: a call is recorded when its tool starts,
+    so the calls and results of tools run in parallel interleave. Lets a test compare
+    a run's log with the order its agent saw. Asserts each result comes after its own
+    call."""
+    out: list[tuple[str, Any]] = []
+    for kind, payload in logged:
+        if kind != TOOL_RESULT:
+            out.append((kind, payload))
+            continue
+        at = next(
+            (i for i, (k, p) in enumerate(out) if k == TOOL_CALL and p[ID] == payload[ID]),
+            None,
+        )
+        assert at is not None, f"tool_result {payload[ID]!r} before its tool_call"
+        out.insert(at + 1, (kind, payload))
+    return out
 
 
 class RaisingStore:

@@ -165,11 +165,12 @@ def check_run_matches_messages(
     model: str = f"{PROVIDER}/{MODEL}",
     status: str = "succeeded",
 ) -> list[aa.Event]:
-    """Assert that the run's events are, one by one, the steps and tool executions
-    the agent's messages record: a step per AI message (text, model, finish reason,
-    tokens), then for each of its tool calls a tool_call/tool_result pair holding the
-    call's name, JSON arguments and id and the ToolMessage's content. Tool pairs of
-    one step may land in any order (parallel tools). Returns the events."""
+    """Assert that the run's events are, one
+    by one, a step per AI message (text, model, finish reason, tokens), then for each
+    of its tool calls a tool_call (name, JSON arguments, id) recorded when the tool
+    started and, later, its tool_result (the ToolMessage's content). The tools of one
+    step run in parallel, so their calls and results may interleave; each result
+    still comes after its own call. Returns the events."""
     assert_run_well_formed(store, run_id)
     run = store.get_run(run_id)
     assert run is not None
@@ -195,30 +196,35 @@ def check_run_matches_messages(
             assert events[position].payload == {"model": model}
             first_model_logged = True
             position += 1
-        expected_tools = {}
-        for call in message.tool_calls:
-            result = results[call["id"]]
-            expected_tools[call["id"]] = (
-                {"name": call["name"], "args": json.dumps(call["args"], sort_keys=True,
-                                                         separators=(",", ":")), "id": call["id"]},
-                result,
-            )
-        seen = set()
-        for _ in expected_tools:
-            call_event, result_event = events[position], events[position + 1]
-            assert call_event.event_type == "tool_call", call_event
-            assert result_event.event_type == "tool_result", result_event
-            call_payload, tool_message = expected_tools[call_event.payload["id"]]
-            assert call_event.payload == call_payload
-            assert result_event.payload["name"] == call_payload["name"]
-            assert result_event.payload["id"] == call_payload["id"]
-            assert result_event.payload["result"] == _tool_result_text(tool_message)
-            assert result_event.payload["truncated"] is False
-            assert result_event.payload.get("error", False) is (tool_message.status == "error")
-            assert result_event.payload["duration_ms"] >= 0
-            seen.add(call_event.payload["id"])
-            position += 2
-        assert seen == set(expected_tools)
+        expected_calls = {
+            call["id"]: {
+                "name": call["name"],
+                "args": json.dumps(call["args"], sort_keys=True, separators=(",", ":")),
+                "id": call["id"],
+            }
+            for call in message.tool_calls
+        }
+        block = events[position : position + 2 * len(expected_calls)]
+        position += len(block)
+        started: set[str] = set()
+        finished: set[str] = set()
+        for event in block:
+            call_id = event.payload["id"]
+            if event.event_type == "tool_call":
+                assert event.payload == expected_calls[call_id], event
+                assert call_id not in started, event
+                started.add(call_id)
+                continue
+            assert event.event_type == "tool_result", event
+            assert call_id in started and call_id not in finished, event  # after its call
+            finished.add(call_id)
+            tool_message = results[call_id]
+            assert event.payload["name"] == expected_calls[call_id]["name"]
+            assert event.payload["result"] == _tool_result_text(tool_message)
+            assert event.payload["truncated"] is False
+            assert event.payload.get("error", False) is (tool_message.status == "error")
+            assert event.payload["duration_ms"] >= 0
+        assert started == finished == set(expected_calls), (started, finished)
     assert position == len(events), events[position:]
     assert run.steps == iteration
     assert run.tool_calls == sum(len(m.tool_calls) for m in messages if isinstance(m, AIMessage))

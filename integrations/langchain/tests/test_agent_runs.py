@@ -5,107 +5,27 @@ the agent's messages say."""
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-from collections.abc import Sequence
 
 import pytest
 from conftest import assert_no_state
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 from lc_support import (
-    MODEL,
-    PROVIDER,
     QUESTION,
     WEATHER_TURNS,
     ScriptedChatModel,
-    _step_expectation,
-    _tool_result_text,
     add,
     ai,
     ask,
+    check_run_matches_messages,
     get_weather,
     scripted,
 )
 
 import agentaudit as aa
-from agentaudit.testing import assert_run_well_formed
 from agentaudit_langchain import AuditCallbackHandler
-
-
-def check_run_matches_messages(
-    store: aa.Store,
-    run_id: str,
-    messages: Sequence[BaseMessage],
-    *,
-    model: str = f"{PROVIDER}/{MODEL}",
-    status: str = "succeeded",
-) -> list[aa.Event]:
-    """lc_support's check, for tools recorded write-ahead: the run's events are, one
-    by one, a step per AI message (text, model, finish reason, tokens), then for each
-    of its tool calls a tool_call (name, JSON arguments, id) recorded when the tool
-    started and, later, its tool_result (the ToolMessage's content). The tools of one
-    step run in parallel, so their calls and results may interleave; each result
-    still comes after its own call. Returns the events."""
-    assert_run_well_formed(store, run_id)
-    run = store.get_run(run_id)
-    assert run is not None
-    assert run.status == status, (run.status, run.error)
-    events = store.get_logs(run_id)
-    results = {m.tool_call_id: m for m in messages if isinstance(m, ToolMessage)}
-    position = 0
-    iteration = 0
-    first_model_logged = False
-    for message in messages:
-        if not isinstance(message, AIMessage):
-            continue
-        iteration += 1
-        step = events[position]
-        assert step.event_type == "step", (position, step)
-        expected = _step_expectation(message, iteration, model)
-        got = {k: v for k, v in step.payload.items() if k != "step_ms"}
-        assert got == expected, (iteration, got, expected)
-        assert isinstance(step.payload["step_ms"], (int, float))
-        position += 1
-        if model and not first_model_logged:
-            assert events[position].event_type == "resolved_model"
-            assert events[position].payload == {"model": model}
-            first_model_logged = True
-            position += 1
-        expected_calls = {
-            call["id"]: {
-                "name": call["name"],
-                "args": json.dumps(call["args"], sort_keys=True, separators=(",", ":")),
-                "id": call["id"],
-            }
-            for call in message.tool_calls
-        }
-        block = events[position : position + 2 * len(expected_calls)]
-        position += len(block)
-        started: set[str] = set()
-        finished: set[str] = set()
-        for event in block:
-            call_id = event.payload["id"]
-            if event.event_type == "tool_call":
-                assert event.payload == expected_calls[call_id], event
-                assert call_id not in started, event
-                started.add(call_id)
-                continue
-            assert event.event_type == "tool_result", event
-            assert call_id in started and call_id not in finished, event  # after its call
-            finished.add(call_id)
-            tool_message = results[call_id]
-            assert event.payload["name"] == expected_calls[call_id]["name"]
-            assert event.payload["result"] == _tool_result_text(tool_message)
-            assert event.payload["truncated"] is False
-            assert event.payload.get("error", False) is (tool_message.status == "error")
-            assert event.payload["duration_ms"] >= 0
-        assert started == finished == set(expected_calls), (started, finished)
-    assert position == len(events), events[position:]
-    assert run.steps == iteration
-    assert run.tool_calls == sum(len(m.tool_calls) for m in messages if isinstance(m, AIMessage))
-    return events
 
 
 def weather_agent(name: str | None = "weather_agent"):

@@ -3,8 +3,6 @@ run, each model turn one step, each tool execution one tool_call + tool_result."
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from li_support import (
     add,
@@ -22,27 +20,9 @@ from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 
 import agentaudit as aa
-from agentaudit.testing import assert_run_well_formed
+from agentaudit.testing import assert_run_well_formed, paired_tool_events
 
 pytestmark = pytest.mark.usefixtures("instrumented")
-
-
-def paired(logged: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    """``logged`` with each tool_result moved up to just after its tool_call. A call is
-    recorded when its tool starts (write-ahead), so the calls and results of tools
-    run in parallel interleave; each result must still come after its own call."""
-    out: list[tuple[str, dict[str, Any]]] = []
-    for kind, payload in logged:
-        if kind != "tool_result":
-            out.append((kind, payload))
-            continue
-        at = next(
-            (i for i, (k, p) in enumerate(out) if k == "tool_call" and p["id"] == payload["id"]),
-            None,
-        )
-        assert at is not None, f"tool_result {payload['id']!r} before its tool_call"
-        out.insert(at + 1, (kind, payload))
-    return out
 
 
 def weather_agent(*, streaming: bool, name: str = "forecaster") -> FunctionAgent:
@@ -71,7 +51,7 @@ async def test_one_run_with_every_step_and_tool(store: aa.MemoryStore, streaming
     # Without streaming, MockFunctionCallingLLM.achat calls .chat: two chat events
     # for one model call, recorded as one step.
     # The two tools of step 2 run in parallel.
-    assert paired(events(store, run.run_id)) == [
+    assert paired_tool_events(events(store, run.run_id)) == [
         step(1, agent="forecaster"),
         ("resolved_model", {"model": "mock/unknown"}),
         *tool("call_1", "get_weather", '{"city":"Paris"}', "sunny in Paris"),

@@ -4,8 +4,6 @@ reasoning tokens, text and tool calls of every step, streamed or not."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import respx
 from li_openai import BASE_URL, MODEL_SERVED, OpenAIServer, Turn, call, usage
@@ -14,27 +12,10 @@ from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
 from llama_index.llms.openai import OpenAI
 
 import agentaudit as aa
-from agentaudit.testing import assert_run_well_formed
+from agentaudit.testing import assert_run_well_formed, paired_tool_events
 
 pytestmark = pytest.mark.usefixtures("instrumented")
 
-
-def paired(logged: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    """``logged`` with each tool_result moved up to just after its tool_call. A call is
-    recorded when its tool starts (write-ahead), so the calls and results of tools
-    run in parallel interleave; each result must still come after its own call."""
-    out: list[tuple[str, dict[str, Any]]] = []
-    for kind, payload in logged:
-        if kind != "tool_result":
-            out.append((kind, payload))
-            continue
-        at = next(
-            (i for i, (k, p) in enumerate(out) if k == "tool_call" and p["id"] == payload["id"]),
-            None,
-        )
-        assert at is not None, f"tool_result {payload['id']!r} before its tool_call"
-        out.insert(at + 1, (kind, payload))
-    return out
 
 MODEL = f"openai/{MODEL_SERVED}"
 ANSWER = "Paris is sunny, Rome is sunny, and 2+3=5."
@@ -100,7 +81,7 @@ async def test_function_agent_on_openai(
     # A stream reports usage only when asked to (stream_options.include_usage).
     with_usage = include_usage or not streaming
     # The two tools of step 2 run in parallel.
-    assert paired(events(store, run.run_id)) == expected_events(with_usage=with_usage)
+    assert paired_tool_events(events(store, run.run_id)) == expected_events(with_usage=with_usage)
     assert (run.status, run.output, run.steps, run.tool_calls) == (
         aa.RunStatus.SUCCEEDED, ANSWER, 3, 3,
     )
