@@ -139,7 +139,7 @@ class Auditor:
                 status=RunStatus.RUNNING,
                 started_at=datetime.now(timezone.utc),
                 input=writer._text(safe_text(input), "run.input", RUN_IO_MAX),
-                metadata=writer._value(dict(metadata or {}), "run.metadata"),
+                metadata=writer._value(dict(metadata), "run.metadata") if metadata else {},
                 host=_HOST,
                 pid=os.getpid(),
             )

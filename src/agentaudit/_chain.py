@@ -15,7 +15,7 @@ from typing import Any
 from ._model import Event, VerifyResult
 from ._serialize import canonical_json
 
-__all__ = ["chain_hash", "event_hash", "format_time", "seal_event", "verify_events"]
+__all__ = ["chain_hash", "event_hash", "format_time", "seal_events", "verify_events"]
 
 
 def format_time(moment: datetime) -> str:
@@ -42,21 +42,29 @@ def chain_hash(
     ).hexdigest()
 
 
-def seal_event(
+def seal_events(
     run_id: str,
     sequence: int,
     prev_hash: str,
-    event_type: str,
-    payload: dict[str, Any],
+    events: Iterable[tuple[str, dict[str, Any]]],
     created_at: datetime,
-) -> Event:
-    """The one place an event is sealed: its sequence, time, canonical payload and
-    chain hash fixed together. The Writer calls it only for an event whose content
+) -> list[Event]:
+    """The one place events are sealed: each (type, payload) gets the next sequence
+    after ``sequence``, the time, its canonical payload text and its chain hash, the
+    first chained to ``prev_hash``. The Writer calls it only for events whose content
     no store can refuse (every text already cleaned and masked), and advances the
-    run's chain only when the store has taken the event."""
-    body = canonical_json(payload)
-    digest = chain_hash(prev_hash, run_id, sequence, event_type, format_time(created_at), body)
-    return Event(run_id, sequence, event_type, payload, created_at, prev_hash, digest)
+    run's chain only past the events the store took."""
+    created_text = format_time(created_at)
+    sealed = []
+    for event_type, payload in events:
+        sequence += 1
+        body = canonical_json(payload)
+        digest = chain_hash(prev_hash, run_id, sequence, event_type, created_text, body)
+        sealed.append(
+            Event(run_id, sequence, event_type, payload, created_at, prev_hash, digest, body)
+        )
+        prev_hash = digest
+    return sealed
 
 
 def verify_events(run_id: str, events: Iterable[Event]) -> VerifyResult:

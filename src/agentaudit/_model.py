@@ -8,6 +8,7 @@ was made and never as a corrupt row later.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from ._serialize import canonical_json
+from ._serialize import canonical_json, safe_text
 
 __all__ = [
     "Event",
@@ -310,6 +311,23 @@ class Run:
         for name in ("tool_calls", "steps", "input_tokens", "output_tokens", "thinking_tokens", "pid"):
             _check_count("Run", name, getattr(self, name))
 
+    def finished(self, stats: RunStats, finished_at: datetime) -> Run:
+        """This run as ``stats`` ends it: the one rule every store applies to a finish
+        (counts the stats leave out keep the run's own)."""
+        return dataclasses.replace(
+            self,
+            status=RunStatus.parse(stats.status),
+            finished_at=finished_at,
+            output=safe_text(stats.output),
+            error=stats.error,
+            tool_calls=self.tool_calls if stats.tool_calls is None else stats.tool_calls,
+            steps=self.steps if stats.steps is None else stats.steps,
+            input_tokens=stats.input_tokens or 0,
+            output_tokens=stats.output_tokens or 0,
+            thinking_tokens=stats.thinking_tokens or 0,
+            cost_usd=stats.cost_usd,
+        )
+
     @property
     def duration_ms(self) -> float | None:
         """Wall time from start to finish, or None while the run has not finished."""
@@ -330,6 +348,10 @@ class Event:
     created_at: datetime
     prev_hash: str = ""
     hash: str = ""
+    # The canonical JSON text of ``payload`` that ``hash`` covers, as sealed or as a
+    # store read it back ("" when not known): a store writes this text, so what is
+    # stored is what was hashed, and nothing encodes the payload twice.
+    payload_json: str = field(default="", compare=False, repr=False)
 
 
 def _status_tuple(value: Any) -> tuple[RunStatus, ...] | None:

@@ -5,7 +5,7 @@ the run id and policy at construction so each hook call stays small.
 
 How an event travels, in one direction: a hook builds its payload on the caller's
 thread (every text masked, cleaned and capped, so no store can refuse it for its
-content), then `Writer._record` seals it (`_chain.seal_event`: sequence, time,
+content), then `Writer._record` seals it (`_chain.seal_events`: sequence, time,
 canonical JSON, hash) under the run's lock and hands the sealed events to the store
 through its public protocol (`append_events` when the store has it, else
 `append_log` one by one). The chain advances only when the store took them. The
@@ -23,6 +23,7 @@ import concurrent.futures
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -39,7 +40,7 @@ from ._caps import (
     cap,
     utf8_len,
 )
-from ._chain import seal_event
+from ._chain import seal_events
 from ._errors import CommitTimeout
 from ._faults import Faults
 from ._model import MAX_COUNT, Event, Response, RunStats, RunStatus, ToolCall
@@ -58,6 +59,24 @@ _DEFAULT_POLICY = RedactionPolicy()
 # them: a 50 MB payload must not cost the agent's thread a walk over all of it.
 _MAX_ITEMS = 1000
 _MAX_DEPTH = 16
+
+
+# Names already masked, per redaction policy (a policy is immutable, so a name
+# masks the same way every time); bounded.
+_MAX_NAMES = 4096
+_NAMES: weakref.WeakKeyDictionary[RedactionPolicy, dict[str, str]] = weakref.WeakKeyDictionary()
+_NAMES_LOCK = threading.Lock()
+
+
+def _names_of(policy: RedactionPolicy) -> dict[str, str]:
+    try:
+        with _NAMES_LOCK:
+            names = _NAMES.get(policy)
+            if names is None:
+                names = _NAMES[policy] = {}
+            return names
+    except TypeError:  # a policy holding unhashable values: no sharing across runs
+        return {}
 
 
 def _trimmed(value: Any, depth: int = 0) -> Any:
@@ -142,6 +161,7 @@ class Writer:
         self._append_events = _optional_method(store, "append_events", "append_log")
         self.run_id = run_id
         self._policy = redaction or _DEFAULT_POLICY
+        self._names = _names_of(self._policy)
         self._pricing = pricing
         self._faults = faults if faults is not None else Faults()
         self._finish_timeout = finish_timeout
@@ -200,8 +220,20 @@ class Writer:
     # -- text hygiene: every recorded string passes through here ------------------------
     def _text(self, text: str, field: str, max_bytes: int = VALUE_MAX) -> str:
         """``text`` as it may be persisted: cut, secrets masked, the user's mask run,
-        lone surrogates cleaned, then capped to ``max_bytes``."""
-        return self._text_capped(text, field, max_bytes)[0]
+        lone surrogates cleaned, then capped to ``max_bytes``. Names (tool names and
+        ids, models, event types, keys) repeat run after run: each is masked once per
+        policy and remembered."""
+        if max_bytes != EVENT_TYPE_MAX:
+            return self._text_capped(text, field, max_bytes)[0]
+        names = self._names
+        found = names.get(text)
+        if found is None:
+            found = self._text_capped(text, field, max_bytes)[0]
+            if not found.startswith("<mask failed on"):
+                if len(names) >= _MAX_NAMES:
+                    names.clear()
+                names[text] = found
+        return found
 
     def _text_capped(self, text: str, field: str, max_bytes: int) -> tuple[str, bool]:
         # Masking is regex work: bound it by the cap first (a masked value only
@@ -270,15 +302,8 @@ class Writer:
     def _record_locked(self, events: Sequence[tuple[str, dict[str, Any]]]) -> int:
         """`_record` with the run's lock held: seal, hand over, and advance the chain
         to the last event the store took (so the log never has a gap)."""
-        created = datetime.now(timezone.utc)
         run_id = self.run_id
-        seq, prev = self._seq, self._prev_hash
-        sealed: list[Event] = []
-        for event_type, payload in events:
-            seq += 1
-            event = seal_event(run_id, seq, prev, event_type, payload, created)
-            sealed.append(event)
-            prev = event.hash
+        sealed = seal_events(run_id, self._seq, self._prev_hash, events, datetime.now(timezone.utc))
         taken, error = self._hand_over(sealed)
         if taken:
             self._seq, self._prev_hash = sealed[taken - 1].sequence, sealed[taken - 1].hash
@@ -724,14 +749,21 @@ def _optional_method(store: Any, name: str, stands_for: str) -> Any:
     """``store``'s optional protocol method ``name`` (bound), used only when the class
     that defines it defines the plain method ``stands_for`` too: a subclass that
     overrides only the plain method, or a wrapper forwarding attributes with
-    ``__getattr__``, is never bypassed."""
+    ``__getattr__``, is never bypassed. Decided once per class."""
     if store is None:
         return None
-    mro = type(store).__mro__
-    owner = next((cls for cls in mro if name in cls.__dict__), None)
-    if owner is None or owner is not next((cls for cls in mro if stands_for in cls.__dict__), None):
-        return None
-    return getattr(store, name)
+    cls = type(store)
+    usable = _USABLE.get((cls, name))
+    if usable is None:
+        owner = next((c for c in cls.__mro__ if name in c.__dict__), None)
+        usable = owner is not None and owner is next(
+            (c for c in cls.__mro__ if stands_for in c.__dict__), None
+        )
+        _USABLE[(cls, name)] = usable
+    return getattr(store, name) if usable else None
+
+
+_USABLE: dict[tuple[type, str], bool] = {}
 
 
 def _in_event_loop() -> bool:

@@ -18,6 +18,7 @@ from .._serialize import canonical_json, clean_str, safe_text
 __all__ = [
     "EVENT_COLUMNS",
     "INSERT_EVENT",
+    "INSERT_FINISHED_RUN",
     "INSERT_RUN",
     "RUN_COLUMNS",
     "UPDATE_FINISH",
@@ -39,6 +40,8 @@ RUN_COLUMNS = (
 EVENT_COLUMNS = "run_id, sequence, event_type, payload, created_at, prev_hash, hash"
 
 INSERT_RUN = f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+# A run whose start and finish are written in one batch: its final row, sealed.
+INSERT_FINISHED_RUN = f"INSERT INTO runs ({RUN_COLUMNS}, model, seal) VALUES ({', '.join('?' * 21)})"
 INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 UPDATE_FINISH = (
     "UPDATE runs SET status = ?, finished_at = ?, output = ?, error = ?, tool_calls = ?, "
@@ -61,13 +64,16 @@ def parse_ts(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def event_row(event: Event) -> tuple[Any, ...]:
+def event_row(event: Event, created_text: str | None = None) -> tuple[Any, ...]:
+    """The stored row: the payload text the event was sealed with, when it carries
+    it. ``created_text``: its time already formatted (events of one hand-over share
+    one)."""
     return (
         event.run_id,
         event.sequence,
         event.event_type,
-        canonical_json(event.payload),
-        event.created_at.isoformat(timespec="microseconds"),
+        event.payload_json or canonical_json(event.payload),
+        created_text or format_ts(event.created_at),
         event.prev_hash,
         event.hash,
     )
@@ -83,6 +89,7 @@ def event_from_row(row: tuple[Any, ...]) -> Event:
         created_at=datetime.fromisoformat(created_at),
         prev_hash=prev_hash,
         hash=hash_,
+        payload_json=payload,
     )
 
 

@@ -41,9 +41,18 @@ from typing import Any
 from .._errors import RunNotFoundError, StoreError
 from .._model import Event, Run, RunStats
 from ..payloads import MODEL, RESOLVED_MODEL
-from ._sqlite_rows import INSERT_EVENT, INSERT_RUN, UPDATE_FINISH, event_row, finish_row, run_row
+from ._sqlite_rows import (
+    INSERT_EVENT,
+    INSERT_FINISHED_RUN,
+    INSERT_RUN,
+    UPDATE_FINISH,
+    event_row,
+    finish_row,
+    format_ts,
+    run_row,
+)
 from ._sqlite_schema import is_busy
-from ._sqlite_seal import reseal
+from ._sqlite_seal import reseal, run_seal
 
 __all__ = ["COMMIT_DELAY", "SQLiteWriter"]
 
@@ -90,6 +99,9 @@ Item = StartRun | AppendEvents | FinishRun | Maintenance | Flush
 COMMIT_DELAY = 0.02
 # A queue this long is committed at once, whatever its age.
 _URGENT_LENGTH = 1000
+# After its last item the writer keeps looking at the queue every commit_delay for
+# this long, instead of sleeping until woken: back-to-back runs then cost no wake-up.
+_STAY_AWAKE = 0.5
 # The writing connection never checkpoints the WAL (that would charge milliseconds and
 # two fsyncs to whichever commit crossed the threshold): the writer thread does it on
 # a connection of its own when idle, at most every CHECKPOINT_INTERVAL, and takes a
@@ -149,6 +161,7 @@ class SQLiteWriter:
         self._wake = threading.Event()
         self._space = threading.Event()
         self._urgent = False  # an item is waited for: commit without delay
+        self._polling = False  # the thread looks at the queue on its own every commit_delay
         self._first_queued = 0.0  # when the queue last went from empty to not
         self._inflight = False
         self._stopping = False
@@ -169,9 +182,14 @@ class SQLiteWriter:
         self.failed = 0  # items the database refused
         self.committed_batches = 0
         self.checkpoints = 0
+        # Checkpoints run on a thread of their own, so a checkpoint's fsyncs never
+        # hold up a commit (a run's close waits for those).
         self._uncheckpointed = 0
         self._last_checkpoint = 0.0
         self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_wake = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         # Why the database refused a run's start (its later items are refused too) or
         # some of its events: told to the run's finish, which reaches its Writer.
         self._rejected: collections.OrderedDict[str, str] = collections.OrderedDict()
@@ -185,9 +203,13 @@ class SQLiteWriter:
             if self._thread is not None:
                 return
             thread = threading.Thread(target=self._loop, name="agentaudit-sqlite-writer", daemon=True)
+            checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="agentaudit-sqlite-checkpoint", daemon=True
+            )
             _WRITERS.add(self)
             thread.start()
-            self._thread = thread
+            checkpointer.start()
+            self._thread, self._checkpointer = thread, checkpointer
         if self._on_start is not None:
             self._on_start()
 
@@ -205,12 +227,13 @@ class SQLiteWriter:
         if not pending:
             self._first_queued = time.monotonic()
         pending.append(item)
-        if not isinstance(item, (StartRun, AppendEvents)) or item.done is not None:
+        waited_for = not isinstance(item, (StartRun, AppendEvents)) or item.done is not None
+        if waited_for or len(pending) >= _URGENT_LENGTH:
             self._urgent = True
             self._wake.set()
-        elif len(pending) == 1 or len(pending) >= _URGENT_LENGTH:
-            if len(pending) >= _URGENT_LENGTH:
-                self._urgent = True
+        elif not self._polling and len(pending) == 1:
+            # Asleep: wake it to start the commit_delay clock. While it polls (busy
+            # lately), it finds the item itself: no thread switch per run.
             self._wake.set()
 
     def _wait_for_room(self) -> None:
@@ -246,9 +269,13 @@ class SQLiteWriter:
         self._deadline = time.monotonic() + timeout
         self._stopping = True
         self._wake.set()
+        self._checkpoint_wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout + 0.5)
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer is not threading.current_thread():
+            checkpointer.join(0.5)
         left = len(self._pending) + (1 if self._inflight else 0)
         if thread is None and self._conn is not None:
             self._conn.close()
@@ -262,9 +289,15 @@ class SQLiteWriter:
         not only those of open stores: a store dropped without ``close`` leaves its
         thread writing, and a fork while any thread holds SQLite's process-wide mutex
         leaves the child's copy locked for ever."""
-        return self._commit_lock.acquire(timeout=timeout)
+        if not self._commit_lock.acquire(timeout=timeout):
+            return False
+        if not self._checkpoint_lock.acquire(timeout=timeout):
+            self._commit_lock.release()
+            return False
+        return True
 
     def resume(self) -> None:
+        self._checkpoint_lock.release()
         self._commit_lock.release()
 
     def request_stop(self, timeout: float) -> None:
@@ -273,6 +306,7 @@ class SQLiteWriter:
         self._deadline = time.monotonic() + timeout
         self._stopping = True
         self._wake.set()
+        self._checkpoint_wake.set()
 
     def abandon_after_fork(self) -> list[sqlite3.Connection | None]:
         """In a forked child: this writer's thread does not exist here and its
@@ -313,14 +347,14 @@ class SQLiteWriter:
             with self._commit_lock:
                 self._space.set()
                 self._fail_pending()
-                for each in (self._checkpoint_conn, self._conn):
-                    try:
-                        if each is not None:
-                            each.close()
-                    except sqlite3.Error:
-                        pass
-                self._checkpoint_conn = None
+                try:
+                    if self._conn is not None:
+                        self._conn.close()
+                except sqlite3.Error:
+                    pass
                 self._conn = None
+            self._stopping = True  # the checkpointer ends too
+            self._checkpoint_wake.set()
 
     def _reconnect(self) -> None:
         """A connection SQLite opened read-only stays read-only after the file becomes
@@ -355,14 +389,20 @@ class SQLiteWriter:
     def _next_batch(self) -> list[Item] | None:
         """Wait for items, let them gather for up to ``commit_delay`` unless one is
         waited for, and take up to ``max_batch``. None once stopping and empty."""
+        idle_since = time.monotonic()
         while not self._pending:
             if self._stopping:
                 return None
-            if self._uncheckpointed and time.monotonic() - self._last_checkpoint >= CHECKPOINT_INTERVAL:
-                self._checkpoint()
-                continue
-            self._wake.wait(CHECKPOINT_INTERVAL if self._uncheckpointed else 0.5)
+            now = time.monotonic()
+            # Busy lately: look again every commit_delay rather than be woken by each
+            # new run; then sleep until woken. The flag goes down before the queue is
+            # checked again, so an item queued after that wakes the thread itself.
+            self._polling = now - idle_since < _STAY_AWAKE
+            if not self._polling and self._pending:
+                break
+            self._wake.wait(max(self.commit_delay, 0.001) if self._polling else 0.5)
             self._wake.clear()
+        self._polling = True
         while not self._urgent and not self._stopping:
             remaining = self._first_queued + self.commit_delay - time.monotonic()
             if remaining <= 0:
@@ -429,6 +469,8 @@ class SQLiteWriter:
             self.failing = None
         self.committed_batches += 1
         self._uncheckpointed += 1
+        if not self._checkpoint_wake.is_set():
+            self._checkpoint_wake.set()
         for future, result, error in settle:
             if future is not None:
                 _settle(future, result, error)
@@ -441,15 +483,30 @@ class SQLiteWriter:
         ``executemany``; the outcome of each waited-for item into ``settle``."""
         rows: list[tuple[Any, ...]] = []
         models: list[tuple[str, str]] = []
+        whole = _whole_runs(batch)
         for item in batch:
+            if isinstance(item, StartRun) and item.run.run_id in whole:
+                settle.append((item.done, None, None))  # written whole at its finish
+                continue
+            if isinstance(item, FinishRun) and item.run_id in whole:
+                if rows:
+                    self._insert_events(conn, rows, models)
+                conn.execute(INSERT_FINISHED_RUN, whole[item.run_id].row(item))
+                settle.append((item.done, None, None))
+                continue
             if isinstance(item, AppendEvents):
                 run_id = item.events[0].run_id if item.events else ""
                 if run_id in self._rejected:
                     self._refuse(item, StoreError(self._rejected[run_id]), settle)
                     continue
+                created = format_ts(item.events[0].created_at) if item.events else ""
                 for event in item.events:
-                    rows.append(event_row(event))
-                    if event.event_type == RESOLVED_MODEL and isinstance(event.payload.get(MODEL), str):
+                    rows.append(event_row(event, created if event.created_at is item.events[0].created_at else None))
+                    if (
+                        event.event_type == RESOLVED_MODEL
+                        and isinstance(event.payload.get(MODEL), str)
+                        and event.run_id not in whole
+                    ):
                         models.append((event.payload[MODEL], event.run_id))
                 settle.append((item.done, None, None))
                 continue
@@ -527,12 +584,34 @@ class SQLiteWriter:
             )
         self.failing = exc
 
+    def _checkpoint_loop(self) -> None:
+        """The checkpointer thread: after commits, at most every CHECKPOINT_INTERVAL."""
+        try:
+            while True:
+                self._checkpoint_wake.wait()
+                if self._stopping:
+                    return
+                pause = self._last_checkpoint + CHECKPOINT_INTERVAL - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                self._checkpoint_wake.clear()
+                if self._uncheckpointed:
+                    self._checkpoint()
+        finally:
+            with self._checkpoint_lock:
+                try:
+                    if self._checkpoint_conn is not None:
+                        self._checkpoint_conn.close()
+                except sqlite3.Error:
+                    pass
+                self._checkpoint_conn = None
+
     def _checkpoint(self) -> None:
         """Copy the WAL's committed pages into the database file (see
         CHECKPOINT_INTERVAL)."""
         self._uncheckpointed = 0
         self._last_checkpoint = time.monotonic()
-        with self._commit_lock:
+        with self._checkpoint_lock:
             try:
                 conn = self._checkpoint_conn
                 if conn is None:
@@ -604,6 +683,48 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(
         before=_quiesce_writers, after_in_parent=_resume_writers, after_in_child=_forget_writers_in_child
     )
+
+
+class _WholeRun:
+    """A run whose start and finish are in one batch (a short run's whole life
+    usually is): written as its final, sealed row in one INSERT, where a longer run
+    takes an INSERT, an UPDATE and a seal read back from the file."""
+
+    __slots__ = ("events", "last_hash", "model", "run")
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.events = 0
+        self.last_hash = ""
+        self.model = ""
+
+    def row(self, finish: FinishRun) -> tuple[Any, ...]:
+        final = run_row(self.run.finished(finish.stats, finish.finished_at))
+        return (*final, self.model, run_seal(final, self.events, self.last_hash))
+
+
+def _whole_runs(batch: Sequence[Item]) -> dict[str, _WholeRun]:
+    """The runs started and finished within ``batch``, with their event tails and
+    models. None when the batch holds a maintenance call, which could touch a run in
+    between."""
+    found: dict[str, _WholeRun] = {}
+    finished: set[str] = set()
+    for item in batch:
+        if isinstance(item, StartRun):
+            found[item.run.run_id] = _WholeRun(item.run)
+        elif isinstance(item, AppendEvents):
+            for event in item.events:
+                whole = found.get(event.run_id)
+                if whole is not None:
+                    whole.events, whole.last_hash = event.sequence, event.hash
+                    if event.event_type == RESOLVED_MODEL and not whole.model:
+                        model = event.payload.get(MODEL)
+                        whole.model = model if isinstance(model, str) else ""
+        elif isinstance(item, FinishRun):
+            finished.add(item.run_id)
+        elif isinstance(item, Maintenance):
+            return {}
+    return {run_id: whole for run_id, whole in found.items() if run_id in finished}
 
 
 def _writing_pragmas(conn: sqlite3.Connection) -> sqlite3.Connection:

@@ -6,7 +6,6 @@ survives the process.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -76,19 +75,7 @@ class MemoryStore:
             run = self._runs.get(run_id)
             if run is None:
                 raise RunNotFoundError(f"no run {run_id!r}")
-            self._runs[run_id] = dataclasses.replace(
-                run,
-                status=RunStatus.parse(stats.status),
-                finished_at=finished_at,
-                output="" if stats.output is None else str(stats.output),
-                error=stats.error,
-                tool_calls=stats.tool_calls if stats.tool_calls is not None else run.tool_calls,
-                steps=stats.steps if stats.steps is not None else run.steps,
-                input_tokens=stats.input_tokens or 0,
-                output_tokens=stats.output_tokens or 0,
-                thinking_tokens=stats.thinking_tokens or 0,
-                cost_usd=stats.cost_usd,
-            )
+            self._runs[run_id] = run.finished(stats, finished_at)
 
     def submit_finish(self, run_id: str, stats: RunStats, finished_at: datetime) -> Future[None]:
         """``finish_run``, done at once (memory needs no waiting; see
