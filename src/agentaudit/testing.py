@@ -9,9 +9,16 @@ every run their tests record. Nothing here is imported by ``import agentaudit``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import sys
 import threading
-from collections.abc import Iterable
+import traceback
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ._auditor import Auditor
@@ -24,6 +31,8 @@ __all__ = [
     "RaisingStore",
     "StoreConformance",
     "assert_run_well_formed",
+    "exempt_test_reads",
+    "no_blocking_on_event_loops",
     "paired_tool_events",
 ]
 
@@ -308,3 +317,94 @@ class StoreConformance:
             assert again.get_run(run_id).output == "done"
         finally:
             again.close()
+
+
+# -- no blocking call on an event loop's thread (blockbuster) --------------------------
+
+# The store methods a test reads with (the write protocol is agentaudit's, never exempt).
+_READS = ("get_run", "get_logs", "list_runs", "iter_runs", "count_runs", "children", "flush", "verify")
+
+
+def _package_dir(module: ModuleType) -> str:
+    return str(Path(module.__file__ or "").resolve().parent) + os.sep
+
+
+def _tests_own_read(read: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A test reading its store: blockbuster lets it block (by this function's name)."""
+    return read(*args, **kwargs)
+
+
+def exempt_test_reads(store: Any, *, tests_dir: str | os.PathLike[str], own: Iterable[ModuleType]) -> None:
+    """Let a test's own reads of ``store`` (a query, a flush, on an async test's loop
+    thread) block under :func:`no_blocking_on_event_loops`; the same read made from
+    the code of ``own`` (agentaudit, an adapter) is still caught."""
+    tests = str(Path(tests_dir).resolve()) + os.sep
+    own_dirs = tuple(_package_dir(m) for m in own)
+    this_file = str(Path(__file__).resolve())
+
+    def called_by_own_code() -> bool:
+        frame = sys._getframe(2)
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if name.startswith(tests):
+                return False
+            if name.startswith(own_dirs) and name != this_file:
+                return True
+            frame = frame.f_back
+        return True
+
+    for name in _READS:
+        read = getattr(store, name, None)
+        if read is None:
+            continue
+
+        @functools.wraps(read)
+        def wrapper(*args: Any, _read: Callable[..., Any] = read, **kwargs: Any) -> Any:
+            if called_by_own_code():
+                return _read(*args, **kwargs)
+            return _tests_own_read(_read, *args, **kwargs)
+
+        setattr(store, name, wrapper)
+
+
+@contextlib.contextmanager
+def no_blocking_on_event_loops(allow: Iterable[tuple[str, str]] = ()) -> Iterator[None]:
+    """Fail (``AssertionError``, with the first stacks) when any blocking call is made
+    on a thread while it runs an event loop, even one something swallowed (a hook
+    counts a fault; a framework logs a handler's error). Needs the ``blockbuster``
+    package. Exempt: a test's reads wrapped by :func:`exempt_test_reads`, writes to
+    ``os.devnull`` (pytest's log handler), and the ``(file suffix, function)`` pairs
+    in ``allow`` (a framework's own blocking code)."""
+    import blockbuster.blockbuster as bb_module  # a test dependency, not the core's
+
+    blocked: list[str] = []
+    base_error = bb_module.BlockingError
+
+    class RecordedBlockingError(base_error):  # type: ignore[misc, valid-type]
+        def __init__(self, func: str) -> None:
+            super().__init__(func)
+            blocked.append(f"{func}, called at:\n{''.join(traceback.format_stack()[:-1])}")
+
+    bb_module.BlockingError = RecordedBlockingError  # type: ignore[misc]
+    buster = bb_module.BlockBuster()
+    this_file = str(Path(__file__).resolve())
+    for function in buster.functions.values():
+        function.can_block_in(this_file, "_tests_own_read")
+        for file_suffix, function_name in allow:
+            function.can_block_in(file_suffix, function_name)
+    for name in ("io.TextIOWrapper.write", "io.BufferedWriter.write"):
+        write = buster.functions[name]
+        write.can_block_predicate = functools.partial(_devnull_or, write.can_block_predicate)
+    buster.activate()
+    try:
+        yield
+    finally:
+        buster.deactivate()
+        bb_module.BlockingError = base_error  # type: ignore[misc]
+    if blocked:
+        shown = "\n\n".join(blocked[:3])
+        raise AssertionError(f"{len(blocked)} blocking call(s) on an event loop's thread; {shown}")
+
+
+def _devnull_or(allowed: Callable[..., bool], file: Any, *args: Any, **kwargs: Any) -> bool:
+    return getattr(file, "name", None) == os.devnull or bool(allowed(file, *args, **kwargs))
