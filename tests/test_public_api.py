@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = [
     "AgentAuditError",
     "Auditor",
+    "CommitTimeout",
     "Event",
     "Faults",
     "MemoryStore",

@@ -9,7 +9,13 @@ from __future__ import annotations
 from ._auditor import Auditor, RunContext
 from ._context import current_run
 from ._decorators import audit_tool, audited, configure, record_step
-from ._errors import AgentAuditError, RunNotFoundError, SchemaVersionError, StoreError
+from ._errors import (
+    AgentAuditError,
+    CommitTimeout,
+    RunNotFoundError,
+    SchemaVersionError,
+    StoreError,
+)
 from ._faults import Faults
 from ._model import (
     Event,
@@ -33,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentAuditError",
     "Auditor",
+    "CommitTimeout",
     "Event",
     "Faults",
     "MemoryStore",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._protocol import Store
+from ._protocol import BatchingStore, Store
 from .memory import MemoryStore
 
-__all__ = ["MemoryStore", "Store", "open_store"]
+__all__ = ["BatchingStore", "MemoryStore", "Store", "open_store"]
 
 
 def open_store(url: str, **options: Any) -> Any:
