@@ -122,7 +122,23 @@ def _v3_run_seals(conn: sqlite3.Connection) -> None:
         reseal(conn, run_id)
 
 
-MIGRATIONS: Sequence[Migration] = (_v1_initial, _v2_partial_indexes, _v3_run_seals)
+def _v4_integrity(conn: sqlite3.Connection) -> None:
+    # Filled in by the integrity work (keyed chain, checkpoints, erasure, holds).
+    pass
+
+
+def _v5_search(conn: sqlite3.Connection) -> None:
+    # Filled in by the search work (FTS5 over run and event text).
+    pass
+
+
+MIGRATIONS: Sequence[Migration] = (
+    _v1_initial,
+    _v2_partial_indexes,
+    _v3_run_seals,
+    _v4_integrity,
+    _v5_search,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
