@@ -132,12 +132,24 @@ def _v5_search(conn: sqlite3.Connection) -> None:
     pass
 
 
+def _v6_checkpoints(conn: sqlite3.Connection) -> None:
+    # Filled in by the checkpoint work (checkpoints, holds, purge records).
+    pass
+
+
+def _v7_spool(conn: sqlite3.Connection) -> None:
+    # Filled in by the fleet work (what the forwarder has shipped, the process lease).
+    pass
+
+
 MIGRATIONS: Sequence[Migration] = (
     _v1_initial,
     _v2_partial_indexes,
     _v3_run_seals,
     _v4_integrity,
     _v5_search,
+    _v6_checkpoints,
+    _v7_spool,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
