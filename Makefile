@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 INTEGRATIONS := $(sort $(dir $(wildcard integrations/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
+# The demo's own, smaller install (the core, its command, the LangChain adapter and
+# LangChain): `make demo` on a fresh clone installs only what the demo imports.
+DEMO_STAMP := $(VENV)/.demo-installed
 
 .PHONY: demo test lint pytest docs bench clean
 
@@ -11,20 +14,29 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Re-install when any pyproject changes.
+# Everything `make test` needs: every extra of the core, the dev and docs tools, and each
+# integration with its test extra. Re-installs when any pyproject changes.
 $(STAMP): $(BIN)/python pyproject.toml $(wildcard integrations/*/pyproject.toml)
-	$(BIN)/python -m pip install --quiet -e ".[cli,dev,docs]" $(foreach d,$(INTEGRATIONS),-e "$(d:%/=%)[test]")
+	$(BIN)/python -m pip install --quiet -e ".[all,dev,docs]" $(foreach d,$(INTEGRATIONS),-e "$(d:%/=%)[test]")
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(DEMO_STAMP): $(BIN)/python pyproject.toml integrations/langchain/pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[cli]" -e integrations/langchain
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache .
 
-pytest: $(STAMP)
+pytest: $(STAMP) /usr/bin/chromium
 	$(BIN)/pytest -q tests
 	@for d in $(INTEGRATIONS); do echo "== $$d"; $(BIN)/pytest -q $$d/tests || exit 1; done
+
+# The viewer's browser tests (tests/ui) drive Debian's Chromium; installed when missing.
+/usr/bin/chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --quiet

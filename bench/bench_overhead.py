@@ -14,6 +14,7 @@ shuffled, interleaved rounds in one process:
   redaction, no caps);
 - ``aa-sqlite``: agentaudit's ``AuditCallbackHandler`` over ``SQLiteStore`` (default
   settings, a temporary file); records text, arguments, results and hashes;
+- ``aa-sqlite-key``: the same with a chain key (HMAC-SHA256 hashes and seals);
 - ``aa-memory``: the same over ``MemoryStore``.
 
 Reported: median added ms per run over the rounds (configuration minus ``none`` in
@@ -65,7 +66,9 @@ class Config:
 
 def make_configs(workdir: str) -> dict[str, Config]:
     floor = FloorHandler(os.path.join(workdir, "floor.db"))
-    sqlite_store = aa.SQLiteStore(os.path.join(workdir, "aa.db"))
+    sqlite_store = aa.SQLiteStore(os.path.join(workdir, "aa.db"), key=False)
+    # The keyed chain (HMAC-SHA256 event hashes and seals): the A/B of a key's cost.
+    keyed_store = aa.SQLiteStore(os.path.join(workdir, "aa-key.db"), key="bench secret, 16+ bytes")
     memory_store = aa.MemoryStore()
     configs = [
         Config("none", None, lambda: -1),
@@ -74,6 +77,8 @@ def make_configs(workdir: str) -> dict[str, Config]:
         Config("floor", floor, lambda: floor.count_rows() // ROWS_PER_FLOOR_RUN),
         Config("aa-sqlite", AuditCallbackHandler(aa.Auditor(sqlite_store)),
                lambda: sqlite_store.count_runs(aa.RunFilter(status="succeeded"))),
+        Config("aa-sqlite-key", AuditCallbackHandler(aa.Auditor(keyed_store)),
+               lambda: keyed_store.count_runs(aa.RunFilter(status="succeeded"))),
         Config("aa-memory", AuditCallbackHandler(aa.Auditor(memory_store)),
                lambda: memory_store.count_runs(aa.RunFilter(status="succeeded"))),
     ]

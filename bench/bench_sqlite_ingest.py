@@ -84,7 +84,7 @@ def bare_ingest(path: str, events: list[aa.Event]) -> float:
     rows = [
         (e.run_id, e.sequence, e.event_type,
          json.dumps(e.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
-         e.created_at.isoformat(timespec="microseconds"), e.prev_hash, e.hash)
+         e.created_at.isoformat(timespec="microseconds"), e.prev_hash, e.hash, e.salt)
         for e in events
     ]
     conn.execute("BEGIN")

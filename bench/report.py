@@ -134,24 +134,6 @@ def missing_note(result: dict[str, Any]) -> str:
         f"{LABELS.get(n, n)}: {why}" for n, why in result["missing"].items()) + "."
 
 
-BUDGET_PEER = 1 / 12  # agentaudit + SQLite: at most 1/12 of the cheapest peer's added time
-BUDGET_FLOOR = 1.3  # and at most 1.3x the floor's
-
-
-def budget(ours: dict[str, Any]) -> str:
-    peer, floor = ours.get("ratio_to_cheapest_peer"), ours.get("ratio_to_floor")
-    if peer is None or floor is None:
-        return "The overhead budget could not be checked: a configuration was not reported."
-
-    def verdict(value: float, limit: float) -> str:
-        return "met" if value <= limit else "not met"
-
-    return (f"The overhead budget for agentaudit + SQLiteStore is at most 1/12 "
-            f"({BUDGET_PEER:.3f}×) of the cheapest peer's added time and at most "
-            f"{BUDGET_FLOOR}× the floor's. In this run: {peer:.3f}× the peer "
-            f"({verdict(peer, BUDGET_PEER)}), {floor:.2f}× the floor ({verdict(floor, BUDGET_FLOOR)}).")
-
-
 def cpu_ratios(figures: dict[str, Any]) -> str:
     """The same comparison on CPU time, which other jobs on a shared machine disturb less
     than wall time."""
@@ -199,7 +181,7 @@ Headline (LangChain, 3-step run): agentaudit with the default `SQLiteStore` adds
 its cost, and **{_fmt(ours.get('ratio_to_floor'))}×** the cost of a minimal hand-written sqlite3
 handler that records much less.
 
-{budget(ours)} {cpu_ratios(f)}
+{cpu_ratios(f)}
 
 ![Added time per run](img/bench_added_time.png)
 

@@ -6,11 +6,12 @@ import csv
 import io
 import json
 import os
+import queue
 import sqlite3
 import stat
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -232,24 +233,24 @@ def test_tail_prints_the_latest_events(db: Path) -> None:
 
 
 def test_tail_follow_prints_events_as_another_process_writes_them(db: Path) -> None:
+    # `-n 1` prints the newest event first: the sign that the follower has taken its
+    # place in the file (a fixed sleep raced a slow start and then waited forever).
     follower = subprocess.Popen(
-        [sys.executable, "-m", "agentaudit.cli", "--db", str(db), "tail", "-f", "-n", "0",
+        [sys.executable, "-m", "agentaudit.cli", "--db", str(db), "tail", "-f", "-n", "1",
          "--interval", "0.05", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout], daemon=True).start()  # type: ignore[union-attr]
     try:
-        time.sleep(0.5)  # let it start and take its position at the end of the file
+        first = json.loads(lines.get(timeout=60))
+        assert first["event_type"] == "step"  # the newest event already there
         with SQLiteStore(db) as store:
             w = aa.Auditor(store, strict=True).start_run("live-agent")
             w.log_event("heartbeat", {"n": 1})
             w.log_event("heartbeat", {"n": 2})
             w.close()
-        seen = []
-        deadline = time.monotonic() + 15
-        while len(seen) < 2 and time.monotonic() < deadline:
-            line = follower.stdout.readline()  # type: ignore[union-attr]
-            if line:
-                seen.append(json.loads(line))
+        seen = [json.loads(lines.get(timeout=60)) for _ in range(2)]
     finally:
         follower.terminate()
         follower.wait(5)
@@ -299,16 +300,16 @@ def test_export_streams_more_runs_than_a_page(tmp_path: Path) -> None:
 
 def test_purge_asks_then_deletes_old_finished_runs(db: Path) -> None:
     declined = invoke(db, "purge", "--before", "30d", input="n\n")
-    assert declined.exit_code == 1 and "Delete 1 runs" in declined.output
+    assert declined.exit_code == 1 and "Delete 1 run started" in declined.output
     assert "old-run-0001" in run_ids(db)
     accepted = invoke(db, "purge", "--before", "30d", input="y\n")
-    assert accepted.exit_code == 0 and "deleted 1 runs" in accepted.output
+    assert accepted.exit_code == 0 and "deleted 1 run\n" in accepted.output
     assert "old-run-0001" not in run_ids(db)
 
 
 def test_purge_by_status_without_asking(db: Path) -> None:
     result = invoke(db, "purge", "--before", "1d", "--status", "failed", "--yes")
-    assert result.exit_code == 0 and "deleted 1 runs" in result.output
+    assert result.exit_code == 0 and "deleted 1 run\n" in result.output
     assert "old-run-0002" not in run_ids(db) and "old-run-0001" in run_ids(db)
     assert "no failed runs" in invoke(db, "purge", "--before", "1d", "--status", "failed", "-y").output
 
@@ -366,7 +367,7 @@ def test_reap_marks_silent_runs(db: Path) -> None:
         long_ago = datetime.now(timezone.utc) - timedelta(hours=5)
         store.start_run(aa.Run(run_id="stuck-run", name="x", started_at=long_ago, host="other-box", pid=9))
     result = invoke(db, "reap", "--stale-after", "2h")
-    assert "abandoned stuck-run" in result.output and "marked 1 runs" in result.output
+    assert "abandoned stuck-run" in result.output and "marked 1 run abandoned" in result.output
     assert json.loads(invoke(db, "runs", "--json", "--status", "abandoned").output)[0]["run_id"] == "stuck-run"
 
 

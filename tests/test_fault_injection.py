@@ -55,6 +55,9 @@ from agentaudit.testing import BlockingStore, RaisingStore, assert_run_well_form
 from tests import faultlib as fl
 
 FINISH_TIMEOUT = 1.0
+# The disk the full-disk tests fill: room for the empty schema (about 120 KiB with its
+# search index), its WAL and a few runs, and small enough to fill in a moment.
+DISK_SIZE = "2m"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -236,10 +239,10 @@ def _disk_fault_scenario(
 
 @pytest.mark.parametrize("durability", ["batched", "sync"])
 def test_full_disk(tmp_path: Path, durability: str) -> None:
-    """A real 512 KiB tmpfs; a filler file fills it to the last block mid-run, and is
+    """A real small tmpfs; a filler file fills it to the last block mid-run, and is
     deleted after. The store keeps what fits in its queue, counts what it refuses,
     and resumes when space returns."""
-    with fl.tmpfs(tmp_path / "disk", "512k") as disk:
+    with fl.tmpfs(tmp_path / "disk", DISK_SIZE) as disk:
         path = disk / "audit.db"
         store = SQLiteStore(
             path, durability=durability, max_queue=20 if durability == "batched" else 6,
@@ -255,7 +258,7 @@ def test_full_disk(tmp_path: Path, durability: str) -> None:
             tally = fl.check_runs(again, agent.runs, finish_lands=True)
             later = agent.runs[-2:]
             assert all(r.recording and again.get_run(r.run_id).status.is_terminal for r in later)
-        fl.record_figures(f"full disk (tmpfs 512k, {durability})", agent, tally, **figures)
+        fl.record_figures(f"full disk (tmpfs {DISK_SIZE}, {durability})", agent, tally, **figures)
     fl.assert_promises(agent, tally, finish_timeout=FINISH_TIMEOUT)
     during = figures["faults_during"]
     assert figures["dropped"] > 0, "the disk filled, the queue refused"
@@ -481,10 +484,10 @@ def test_tools_in_flight_at_close_on_a_failing_disk(tmp_path: Path, fault: str) 
 
 @contextlib.contextmanager
 def _filled_tmpfs(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None], Callable[[], None], str]]:
-    """A 512 KiB tmpfs, filled (strike) and emptied (clear) by a filler file."""
-    with fl.tmpfs(tmp_path / "disk", "512k") as disk:
+    """A small tmpfs, filled (strike) and emptied (clear) by a filler file."""
+    with fl.tmpfs(tmp_path / "disk", DISK_SIZE) as disk:
         filler: list[Path] = []
-        yield disk, lambda: filler.append(fl.fill(disk)), lambda: filler.pop().unlink(), "full disk (tmpfs 512k)"
+        yield disk, lambda: filler.append(fl.fill(disk)), lambda: filler.pop().unlink(), f"full disk (tmpfs {DISK_SIZE})"
 
 
 # -- fork mid-commit --------------------------------------------------------------------

@@ -457,6 +457,7 @@ def test_record_step_numbers_steps_per_run_and_records_the_response(
         "out_tokens": 20,
         "thinking_tokens": 8,
         "cache_read_tokens": 64,
+        "requested_tool_calls": [{"id": "call_1", "name": "search"}],
     }
     run = store.get_run(outer.run_id)
     assert run is not None

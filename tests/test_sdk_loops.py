@@ -569,6 +569,10 @@ def expected_events(api: API) -> list[tuple[str, dict[str, Any]]]:
             step["thinking_tokens"] = turn.reasoning_tokens
         if turn.cached_tokens:
             step["cache_read_tokens"] = turn.cached_tokens
+        if turn.calls:  # what the model asked for, whether or not it ran
+            step["requested_tool_calls"] = [
+                {"id": call_id(api.id_prefix, i, j), "name": name} for j, (name, _) in enumerate(turn.calls)
+            ]
         if turn.text:
             step["text"] = turn.text
         events.append(("step", step))

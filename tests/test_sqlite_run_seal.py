@@ -5,17 +5,17 @@ written before seals existed once they are upgraded."""
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import agentaudit as aa
+from agentaudit import _chain
 from agentaudit.cli import cli
 from agentaudit.stores import _sqlite_schema
 
@@ -98,45 +98,75 @@ def test_a_running_run_verifies_on_its_events_until_it_ends(tmp_path: Path) -> N
         assert store.verify(writer.run_id).ok
 
 
+DIES_MID_RUN = """
+import os, sys
+import agentaudit as aa
+store = aa.SQLiteStore(sys.argv[1])
+writer = aa.Auditor(store).start_run("dead", parent_run_id=None)
+writer.on_step(1, aa.Response(text="checking", model="p/m", usage=aa.Usage(3, 2)))
+store.flush()
+print(writer.run_id, flush=True)
+os._exit(0)  # the process ends without closing its run
+"""
+
+
 def test_runs_abandoned_on_open_and_reaped_are_sealed(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
+    child = subprocess.run(
+        [sys.executable, "-c", DIES_MID_RUN, str(db)], capture_output=True, text=True, check=True
+    )
+    dead = child.stdout.strip()
     with aa.SQLiteStore(db) as store:
-        here = aa.Auditor(store)
-        dead = here.start_run("dead", parent_run_id=None)
-        dead.on_step(1, RESPONSE)
-        silent = here.start_run("silent", parent_run_id=None)
+        assert store.recovered == [dead]
+        silent = aa.Auditor(store).start_run("silent", parent_run_id=None)  # alive, but quiet
         silent.on_step(1, RESPONSE)
         store.flush()
-    # The first run's process is gone; the second is on another host.
-    raw(db).execute(
-        "UPDATE runs SET pid = ?, host = ? WHERE run_id = ?", (child.pid, socket.gethostname(), dead.run_id)
-    )
-    raw(db).execute("UPDATE runs SET host = 'elsewhere' WHERE run_id = ?", (silent.run_id,))
-    with aa.SQLiteStore(db) as store:
-        assert store.recovered == [dead.run_id]
         assert store.reap(timedelta(microseconds=1)) == [silent.run_id]
-        for run_id in (dead.run_id, silent.run_id):
-            assert store.get_run(run_id).status is aa.RunStatus.ABANDONED  # type: ignore[union-attr]
+        for run_id in (dead, silent.run_id):
+            run = store.get_run(run_id)
+            assert run is not None and run.status is aa.RunStatus.ABANDONED
+            assert run.input_tokens == 3 and run.steps == 1
             assert store.verify(run_id).ok
-    raw(db).execute("UPDATE runs SET error = '' WHERE run_id = ?", (dead.run_id,))
-    assert not verify(db, dead.run_id).ok
+    raw(db).execute("UPDATE runs SET error = '' WHERE run_id = ?", (dead,))
+    assert not verify(db, dead).ok
+
+
+def _version_2_file(db: Path) -> tuple[str, str]:
+    """A file as version 2 wrote it (no seals, chain v1): one finished run, one
+    running."""
+    conn = raw(db)
+    for migration in _sqlite_schema.MIGRATIONS[:2]:
+        migration(conn)
+    conn.execute("PRAGMA user_version = 2")
+    started = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    ids = []
+    for status in ("failed", "running"):
+        run_id = f"old-{status}"
+        finished = status != "running"
+        conn.execute(
+            "INSERT INTO runs (run_id, name, status, started_at, finished_at, output, steps) "
+            "VALUES (?, 'agent', ?, ?, ?, ?, ?)",
+            (run_id, status, started.isoformat(timespec="microseconds"),
+             started.isoformat(timespec="microseconds") if finished else None,
+             "answer" if finished else "", 1 if finished else 0),
+        )
+        for event in _chain.seal_events(run_id, 0, "", [("step", {"iter": 1, "text": "hi"})], started):
+            conn.execute(
+                "INSERT INTO events (run_id, sequence, event_type, payload, created_at, prev_hash, hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (event.run_id, event.sequence, event.event_type, event.payload_json,
+                 _chain.format_time(event.created_at), event.prev_hash, event.hash),
+            )
+        ids.append(run_id)
+    conn.close()
+    return ids[0], ids[1]
 
 
 def test_runs_finished_before_the_upgrade_are_sealed_by_it(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
-    with aa.SQLiteStore(db) as store:
-        finished = record_run(store)
-        running = aa.Auditor(store).start_run("agent", parent_run_id=None)
-        running.on_step(1, RESPONSE)
-        store.flush()
-    conn = raw(db)  # the file as version 2 wrote it: no seal column
-    conn.execute("ALTER TABLE runs DROP COLUMN seal")
-    conn.execute("PRAGMA user_version = 2")
-    conn.close()
+    finished, running = _version_2_file(db)
     assert verify(db, finished).ok
-    assert verify(db, running.run_id).ok
+    assert verify(db, running).ok
     assert raw(db).execute("PRAGMA user_version").fetchone()[0] == _sqlite_schema.SCHEMA_VERSION
     raw(db).execute("UPDATE runs SET status = 'succeeded' WHERE run_id = ?", (finished,))
     assert not verify(db, finished).ok

@@ -15,6 +15,7 @@ import agentaudit as aa
 from agentaudit._caps import cap
 from agentaudit._chain import verify_events
 from agentaudit._serialize import canonical_json, to_jsonable
+from agentaudit._verify import header_hash_of, record_of_run
 
 
 # -- model types -----------------------------------------------------------------------
@@ -208,8 +209,8 @@ def test_an_embedded_secret_never_survives_masking(prefix, secret):
 
 
 # -- hash chain -----------------------------------------------------------------------
-def recorded_events():
-    store = aa.MemoryStore()
+def recorded_events(store=None):
+    store = store or aa.MemoryStore()
     w = aa.Auditor(store).start_run("a")
     for i in range(5):
         w.log_event("e", {"i": i})
@@ -217,9 +218,11 @@ def recorded_events():
     return w.run_id, store.get_logs(w.run_id)
 
 
-def test_chain_starts_empty_and_links():
-    run_id, events = recorded_events()
-    assert events[0].prev_hash == "" and all(len(e.hash) == 64 for e in events)
+def test_chain_starts_at_the_run_header_and_links():
+    store = aa.MemoryStore()
+    run_id, events = recorded_events(store)
+    header = header_hash_of(record_of_run(store.get_run(run_id)), None)
+    assert events[0].prev_hash == header and all(len(e.hash) == 64 for e in events)
     assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(events))
     assert verify_events(run_id, events).ok
 

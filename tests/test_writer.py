@@ -43,9 +43,12 @@ def test_step_payload_has_exactly_the_seed_keys(store, auditor):
     step, resolved = payloads(store, w.run_id)
     assert set(step) == {
         "iter", "step_ms", "text_len", "model", "finish_reason", "in_tokens", "out_tokens",
-        "thinking_tokens", "cache_read_tokens", "text",
+        "thinking_tokens", "cache_read_tokens", "text", "requested_tool_calls",
     }
     assert step["iter"] == 1 and step["text"] == "Let me search." and step["text_len"] == 18
+    assert step["requested_tool_calls"] == [
+        {"id": c.id, "name": c.name} for c in full_response().tool_calls
+    ]
     assert (step["in_tokens"], step["out_tokens"], step["thinking_tokens"], step["cache_read_tokens"]) == (100, 20, 8, 64)
     assert step["step_ms"] >= 0
     assert resolved == {"model": "openai/gpt-4o-mini"}
@@ -335,3 +338,19 @@ def test_mask_that_raises_is_a_fault_and_the_event_still_lands(store):
     w.close()
     assert payloads(store, w.run_id, "step")[0]["text"] == "<mask failed on step.text>"
     assert auditor.faults.counts()["mask"] >= 1
+
+
+def test_a_step_lists_the_tool_calls_it_asked_for_up_to_a_bound(store):
+    auditor = aa.Auditor(store, strict=True)
+    w = auditor.start_run("agent")
+    many = tuple(aa.ToolCall("lookup", {"n": i}, f"c{i}") for i in range(70))
+    w.on_step(1, aa.Response(text="two", tool_calls=many[:2]))
+    w.on_step(2, aa.Response(text="many", tool_calls=many))
+    w.on_step(3, aa.Response(text="none"))
+    w.close()
+    first, second, third = (e.payload for e in store.get_logs(w.run_id) if e.event_type == "step")
+    assert first["requested_tool_calls"] == [{"id": "c0", "name": "lookup"}, {"id": "c1", "name": "lookup"}]
+    listed = second["requested_tool_calls"]
+    assert listed[:64] == [{"id": f"c{i}", "name": "lookup"} for i in range(64)]
+    assert listed[64:] == [{"id": "", "name": "…[+6 more]"}]
+    assert "requested_tool_calls" not in third

@@ -7,11 +7,14 @@ tamper-evident audit log. The core uses the standard library only.
 from __future__ import annotations
 
 from ._auditor import Auditor, RunContext
+from ._checkpoints import CheckpointPolicy
 from ._context import current_run
 from ._decorators import audit_tool, audited, configure, record_step
 from ._errors import (
     AgentAuditError,
+    CheckpointError,
     CommitTimeout,
+    RetentionError,
     RunNotFoundError,
     SchemaVersionError,
     StoreError,
@@ -32,6 +35,7 @@ from ._redaction import RedactionPolicy
 from ._serialize import canonical_json, to_jsonable
 from ._writer import Writer
 from .stores import MemoryStore, Store, open_store
+from .stores.spool import SpooledStore
 from .stores.sqlite import SQLiteStore
 
 __version__ = "0.1.0"
@@ -39,12 +43,15 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentAuditError",
     "Auditor",
+    "CheckpointError",
+    "CheckpointPolicy",
     "CommitTimeout",
     "Event",
     "Faults",
     "MemoryStore",
     "RedactionPolicy",
     "Response",
+    "RetentionError",
     "Run",
     "RunContext",
     "RunFilter",
@@ -53,6 +60,7 @@ __all__ = [
     "RunStatus",
     "SQLiteStore",
     "SchemaVersionError",
+    "SpooledStore",
     "Store",
     "StoreError",
     "ToolCall",

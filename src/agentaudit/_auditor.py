@@ -15,12 +15,15 @@ from types import TracebackType
 from typing import Any
 
 from ._caps import EVENT_TYPE_MAX, RUN_IO_MAX
+from ._chain import new_salt
 from ._context import activate, active_writer, deactivate
 from ._faults import Faults
+from ._keys import Keyring
 from ._model import Run, RunStats, RunStatus
 from ._pricing import Pricing
 from ._redaction import RedactionPolicy
 from ._serialize import clean_str, safe_text
+from ._verify import header_hash_of, record_of_run
 from ._writer import DEFAULT_FINISH_TIMEOUT, NOOP_WRITER, Writer
 from .adapters import error_text, status_for_exception
 
@@ -36,8 +39,8 @@ class Auditor:
     """Starts audited runs in ``store``.
 
     Args:
-        store: any :class:`agentaudit.Store`, or None for no audit at all.
-        redaction: what is masked before persistence (default: :class:`RedactionPolicy`).
+        store: any [`agentaudit.Store`][agentaudit.Store], or None for no audit at all.
+        redaction: what is masked before persistence (default: [`RedactionPolicy`][agentaudit.RedactionPolicy]).
         pricing: model -> ``{"input": $/M, "output": $/M, "cache_read": $/M}``, or a
             callable ``(model, usage) -> float | None``; fills ``cost_usd``.
         strict: re-raise faults instead of swallowing them (for tests).
@@ -105,7 +108,7 @@ class Auditor:
     ) -> Writer:
         """Record a new run and return its Writer.
 
-        ``parent_run_id`` defaults to the current run (see :func:`current_run`); pass
+        ``parent_run_id`` defaults to the current run (see [`current_run`][agentaudit.current_run]); pass
         None for a root run. Raises ValueError on an empty name."""
         if self.store is None:
             return NOOP_WRITER
@@ -131,6 +134,10 @@ class Auditor:
             finish_timeout=self.finish_timeout,
         )
         with self.faults.guard("start_run", writer.run_id):
+            # The store's signing key, when it has one (see `_keys`): it seals the
+            # run's finish with the same key.
+            keyring = getattr(self.store, "keyring", None)
+            key = keyring.signing if isinstance(keyring, Keyring) else None
             run = Run(
                 run_id=writer.run_id,
                 name=writer._text(name, "run.name", EVENT_TYPE_MAX),
@@ -142,7 +149,10 @@ class Auditor:
                 metadata=writer._value(dict(metadata), "run.metadata") if metadata else {},
                 host=_HOST,
                 pid=os.getpid(),
+                key_id=key.key_id if key is not None else "",
+                salt=new_salt(),
             )
+            writer._start_chain(header_hash_of(record_of_run(run), key), key)
             self.store.start_run(run)
             return writer
         # The run row did not land: its events would be orphans (and a fault each), so
@@ -162,7 +172,7 @@ class Auditor:
         """A run as a context manager (``with`` or ``async with``): succeeded on normal
         exit; failed with the error text on an exception (re-raised); cancelled on
         cancellation or KeyboardInterrupt (re-raised); timeout on TimeoutError. Inside,
-        :func:`current_run` returns its Writer."""
+        [`current_run`][agentaudit.current_run] returns its Writer."""
         return RunContext(
             self,
             name,
@@ -174,7 +184,7 @@ class Auditor:
 
 
 class RunContext:
-    """What :meth:`Auditor.run` returns; enter it with ``with`` or ``async with``."""
+    """What [`Auditor.run`][agentaudit.Auditor.run] returns; enter it with ``with`` or ``async with``."""
 
     def __init__(self, auditor: Auditor, name: str, options: dict[str, Any]) -> None:
         self._auditor = auditor

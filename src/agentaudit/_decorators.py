@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
-from typing import Any, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from ._auditor import Auditor
 from ._caps import RUN_IO_MAX, utf8_len
@@ -33,6 +33,8 @@ from .adapters import (
 __all__ = ["audit_tool", "audited", "configure", "default_auditor", "record_step"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # -- the process default ----------------------------------------------------------------
 
@@ -202,7 +204,7 @@ def audited(
         raise ValueError("audited(name=...) must not be empty")
 
     def decorator(fn: F) -> F:
-        return _decorate(fn, auditor, name, caller, capture_input, capture_output)
+        return cast("F", _decorate(fn, auditor, name, caller, capture_input, capture_output))
 
     return decorator
 
@@ -440,8 +442,20 @@ def _new_call_id() -> str:
     return f"aa-{uuid.uuid4().hex[:12]}"
 
 
+# The decorated tool keeps its return type; its parameters are typed `...` because it
+# also takes the call id keyword (`tool_call_id=`), which its own signature lacks.
+@overload
+def audit_tool(fn: Callable[P, R], /) -> Callable[..., R]: ...
+
+
+@overload
 def audit_tool(
-    fn: Any = None, *, name: str | None = None, id_kwarg: str = "tool_call_id"
+    fn: None = None, /, *, name: str | None = None, id_kwarg: str = "tool_call_id"
+) -> Callable[[Callable[P, R]], Callable[..., R]]: ...
+
+
+def audit_tool(
+    fn: Callable[..., Any] | None = None, *, name: str | None = None, id_kwarg: str = "tool_call_id"
 ) -> Any:
     """Record each call of the decorated tool function (sync or `async`) in the
     current run: a `tool_call` with its arguments, recorded before the function
@@ -465,10 +479,11 @@ def audit_tool(
     if not isinstance(id_kwarg, str) or not id_kwarg.isidentifier():
         raise ValueError(f"audit_tool(id_kwarg=...) must be a keyword name, got {id_kwarg!r}")
 
-    def decorator(tool: F) -> F:
+    def decorator(tool: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(tool):
             raise TypeError(f"audit_tool can only decorate a callable, got {type(tool).__name__}")
-        return _decorate_tool(tool, name or getattr(tool, "__name__", "tool"), id_kwarg)
+        tool_name: str = name or getattr(tool, "__name__", None) or "tool"
+        return _decorate_tool(tool, tool_name, id_kwarg)
 
     return decorator(fn) if fn is not None else decorator
 
@@ -508,7 +523,7 @@ class _ToolSpec:
 
     @staticmethod
     def finish(writer: Any, call: ToolCall | None, result: Any, error: bool, started: float) -> None:
-        """Record the result against the call :meth:`start` recorded."""
+        """Record the result against the call `start` recorded."""
         if call is not None:
             duration_ms = (time.perf_counter() - started) * 1000.0
             writer.tool_finished(call, result, error=error, duration_ms=duration_ms)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 __all__ = [
     "AgentAuditError",
+    "CheckpointError",
     "CommitTimeout",
+    "RetentionError",
     "RunNotFoundError",
     "SchemaVersionError",
     "StoreError",
@@ -38,3 +40,13 @@ class RunNotFoundError(AgentAuditError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want the sentence
         return str(self.args[0]) if self.args else "run not found"
+
+
+class CheckpointError(AgentAuditError, ValueError):
+    """A checkpoint, signed note, key, proof or bundle is malformed or does not
+    verify (or a signing key cannot be used)."""
+
+
+class RetentionError(StoreError):
+    """A purge or delete was refused: the run is under a legal hold, or younger
+    than the database's retention floor. Nothing was deleted."""

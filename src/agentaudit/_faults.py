@@ -99,7 +99,7 @@ class Faults:
         return _Guard(self, kind, run_id)
 
     def guarded(self, kind: str) -> Callable[[F], F]:
-        """Decorator form of :meth:`guard` for hook functions; a fault returns None."""
+        """Decorator form of [`guard`][agentaudit.Faults.guard] for hook functions; a fault returns None."""
 
         def decorate(fn: F) -> F:
             @functools.wraps(fn)

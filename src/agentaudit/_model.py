@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import payloads
 from ._serialize import canonical_json, safe_text
 
 __all__ = [
@@ -135,10 +138,14 @@ def canonical_arguments(arguments: str | Mapping[str, Any] | None) -> str:
             raise ValueError(
                 f"ToolCall.arguments is JSON nested too deeply to parse: {arguments[:80]!r}"
             ) from None
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise ValueError(
                 f"ToolCall.arguments must be JSON text or a mapping; got a string that is not JSON "
                 f"({exc.msg} at position {exc.pos}): {arguments[:80]!r}"
+            ) from None
+        except ValueError as exc:  # valid JSON that Python refuses (an int of 5,000 digits)
+            raise ValueError(
+                f"ToolCall.arguments could not be read as JSON ({exc}): {arguments[:80]!r}"
             ) from None
         return canonical_json(parsed)
     if isinstance(arguments, Mapping):
@@ -153,13 +160,23 @@ class ToolCall:
     """One tool invocation a model asked for.
 
     ``arguments`` may be given as JSON text or a mapping; it is stored as canonical
-    JSON text either way. Models do emit malformed JSON: use :meth:`lenient` to keep
+    JSON text either way. Models do emit malformed JSON: use [`lenient`][agentaudit.ToolCall.lenient] to keep
     such a call (its raw text is kept as a JSON string) instead of raising.
     """
 
     name: str
     arguments: str = "{}"
     id: str = ""
+
+    if TYPE_CHECKING:
+        # What the constructor accepts (the fields above are what it stores): arguments
+        # as JSON text or a mapping, an id of None for none.
+        def __init__(
+            self,
+            name: str,
+            arguments: str | Mapping[str, Any] | None = "{}",
+            id: str | None = "",
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         _check_str("ToolCall", "name", self.name, empty_ok=False)
@@ -214,6 +231,18 @@ class Response:
     usage: Usage = field(default_factory=Usage)
     tool_calls: tuple[ToolCall, ...] = ()
 
+    if TYPE_CHECKING:
+        # What the constructor accepts (the fields above are what it stores): the tool
+        # calls as any iterable (a list is kept as a tuple), None for the defaults.
+        def __init__(
+            self,
+            text: str | None = "",
+            model: str | None = "",
+            finish_reason: str | None = "",
+            usage: Usage | None = None,
+            tool_calls: Iterable[ToolCall] | None = (),
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         if (
             type(self.text) is str
@@ -246,7 +275,7 @@ class Response:
 
 @dataclass(frozen=True, slots=True)
 class RunStats:
-    """How a run ended, handed to :meth:`Writer.close`.
+    """How a run ended, handed to [`Writer.close`][agentaudit.Writer.close].
 
     Counts left as ``None`` are filled by the writer from what it saw (tool calls,
     steps, token totals; cost from the auditor's pricing, when it has any).
@@ -301,6 +330,11 @@ class Run:
     metadata: dict[str, Any] = field(default_factory=dict)
     host: str = ""
     pid: int = 0
+    # The chain's bookkeeping (see `_chain`): the id of the key that seals the run
+    # ("" when unkeyed) and its content salt ("" for a chain v1 run, written before
+    # salts or built by hand).
+    key_id: str = ""
+    salt: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         _check_str("Run", "run_id", self.run_id, empty_ok=False)
@@ -310,6 +344,8 @@ class Run:
         _check_aware("Run", "finished_at", self.finished_at)
         for name in ("tool_calls", "steps", "input_tokens", "output_tokens", "thinking_tokens", "pid"):
             _check_count("Run", name, getattr(self, name))
+        _check_str("Run", "key_id", self.key_id)
+        _check_str("Run", "salt", self.salt)
 
     def finished(self, stats: RunStats, finished_at: datetime) -> Run:
         """This run as ``stats`` ends it: the one rule every store applies to a finish
@@ -352,6 +388,8 @@ class Event:
     # store read it back ("" when not known): a store writes this text, so what is
     # stored is what was hashed, and nothing encodes the payload twice.
     payload_json: str = field(default="", compare=False, repr=False)
+    # The salt its content digests use (chain v2; "" for v1), as stored.
+    salt: str = field(default="", repr=False)
 
 
 def _status_tuple(value: Any) -> tuple[RunStatus, ...] | None:
@@ -364,20 +402,62 @@ def _status_tuple(value: Any) -> tuple[RunStatus, ...] | None:
     raise ValueError(f"RunFilter.status must be a status or a list of them, got {type(value).__name__}")
 
 
+# A run "has an error" when it ended in one of these (it did not do its job; a cancelled
+# or interrupted run was stopped on purpose) or carries an error message.
+FAILED_STATUSES: tuple[RunStatus, ...] = (RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.ABANDONED)
+RUN_ORDERS = ("started_at", "duration", "tokens", "cost")
+
+
+def search_terms(text: str) -> list[str]:
+    """The words of a search, as the full-text index sees words: runs of letters and
+    digits, case and diacritics folded (``"Wörld-Cup!"`` is ``["world", "cup"]``)."""
+    folded = unicodedata.normalize("NFKD", text.lower())  # lower(), as FTS5 folds: "ß" stays
+    plain = "".join(c for c in folded if not unicodedata.combining(c))
+    return [word for word in re.split(r"[\W_]+", plain) if word]
+
+
+def payload_texts(value: Any) -> Iterator[str]:
+    """Every string value in a payload, nested ones too (not its keys): the text an
+    event is found by."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from payload_texts(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from payload_texts(item)
+
+
 @dataclass(frozen=True, slots=True)
 class RunFilter:
-    """Which runs :meth:`list_runs` / :meth:`count_runs` return. Unset fields match
-    everything; ``status`` takes one status or several; ``since`` is inclusive and
-    ``until`` exclusive, both on ``started_at``."""
+    """Which runs [`list_runs`][agentaudit.Store.list_runs] / [`count_runs`][agentaudit.Store.count_runs] return, and in what order.
+
+    Unset fields match everything; ``status`` takes one status or several; ``since``
+    is inclusive and ``until`` exclusive, both on ``started_at``. ``model``: the model
+    that first served the run. ``text``: every word of it starts a word somewhere in
+    the run (its input, output or error, or its events' text: step narration, tool
+    arguments and results, error messages), case and accents aside. ``has_error``:
+    the run failed, timed out, was abandoned, or carries an error message (False: none
+    of these). ``min_cost_usd``: runs that cost at least this (unpriced runs never
+    match). ``order_by``: ``started_at`` (the default), ``duration``, ``tokens``
+    (input + output) or ``cost``, largest first unless ``ascending``; runs without a
+    value (still running, unpriced) come last either way."""
 
     caller: str | None = None
     name: str | None = None
-    status: RunStatus | str | tuple[RunStatus, ...] | None = None
+    status: RunStatus | str | Iterable[RunStatus | str] | None = None
     since: datetime | None = None
     until: datetime | None = None
     parent_run_id: str | None = None
     limit: int | None = None
     offset: int = 0
+    model: str | None = None
+    text: str | None = None
+    has_error: bool | None = None
+    min_cost_usd: float | None = None
+    order_by: str = "started_at"
+    ascending: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", _status_tuple(self.status))
@@ -386,36 +466,117 @@ class RunFilter:
         if self.limit is not None:
             _check_count("RunFilter", "limit", self.limit)
         _check_count("RunFilter", "offset", self.offset)
+        for name in ("caller", "name", "parent_run_id", "model", "text"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"RunFilter.{name} must be a str or None, got {type(value).__name__}")
+        if self.text is not None and not search_terms(self.text):
+            raise ValueError(f"RunFilter.text has no word to search for: {self.text!r}")
+        if self.has_error is not None and not isinstance(self.has_error, bool):
+            raise ValueError(f"RunFilter.has_error must be True, False or None, got {self.has_error!r}")
+        if self.min_cost_usd is not None:
+            cost = self.min_cost_usd
+            if isinstance(cost, bool) or not isinstance(cost, (int, float)):
+                raise ValueError(f"RunFilter.min_cost_usd must be a number, got {type(cost).__name__}")
+            if not 0 <= cost < float("inf"):  # also refuses NaN
+                raise ValueError(f"RunFilter.min_cost_usd must be a finite number >= 0, got {cost}")
+        if self.order_by not in RUN_ORDERS:
+            raise ValueError(f"RunFilter.order_by must be one of {', '.join(RUN_ORDERS)}; got {self.order_by!r}")
+        if not isinstance(self.ascending, bool):
+            raise ValueError(f"RunFilter.ascending must be a bool, got {type(self.ascending).__name__}")
 
     @property
     def statuses(self) -> tuple[RunStatus, ...] | None:
         return self.status  # type: ignore[return-value]
 
-    def matches(self, run: Run) -> bool:
-        """Whether ``run`` passes every condition but limit and offset."""
+    def matches(self, run: Run, events: Iterable[Event] | None = None) -> bool:
+        """Whether ``run`` passes every condition but limit and offset. ``events``,
+        the run's events, give its model and the rest of its text; without them the
+        run has no model and only its input, output and error are searched."""
         if self.caller is not None and run.caller != self.caller:
             return False
         if self.name is not None and run.name != self.name:
             return False
-        if self.status is not None and run.status not in self.status:  # type: ignore[operator]
+        if self.statuses is not None and run.status not in self.statuses:
             return False
         if self.since is not None and run.started_at < self.since:
             return False
         if self.until is not None and run.started_at >= self.until:
             return False
-        return not (self.parent_run_id is not None and run.parent_run_id != self.parent_run_id)
+        if self.parent_run_id is not None and run.parent_run_id != self.parent_run_id:
+            return False
+        if self.has_error is not None and self.has_error != (bool(run.error) or run.status in FAILED_STATUSES):
+            return False
+        if self.min_cost_usd is not None and (run.cost_usd is None or run.cost_usd < self.min_cost_usd):
+            return False
+        if self.model is None and self.text is None:
+            return True
+        logged = list(events or ())
+        if self.model is not None and _first_model(logged) != self.model:
+            return False
+        if self.text is not None:
+            words = set()
+            for text in (run.input, run.output, run.error, *(t for e in logged for t in payload_texts(e.payload))):
+                words.update(search_terms(text))
+            return all(any(word.startswith(term) for word in words) for term in search_terms(self.text))
+        return True
+
+    def sort_key(self, run: Run) -> tuple[Any, ...]:
+        """What ``order_by`` sorts on, for stores that sort in Python: runs without a
+        value last, then the value, then the start; sort with ``reverse=not
+        ascending``."""
+        value: float | None
+        if self.order_by == "duration":
+            value = run.duration_ms
+        elif self.order_by == "tokens":
+            value = run.input_tokens + run.output_tokens
+        elif self.order_by == "cost":
+            value = run.cost_usd
+        else:
+            return (run.started_at, run.run_id)
+        # Sorted with reverse=True when descending: the missing ones still come last.
+        last = (value is None) if self.ascending else (value is not None)
+        return (last, value or 0, run.started_at, run.run_id)
+
+
+def _first_model(events: Iterable[Event]) -> str:
+    """The model that first served a run (its ``resolved_model`` event), or ''."""
+    for event in events:
+        if event.event_type == payloads.RESOLVED_MODEL:
+            return str(event.payload.get(payloads.MODEL, ""))
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
-    """The outcome of checking one run's hash chain. Truthy when intact;
-    ``broken_sequence`` names the first sequence that does not verify."""
+    """The outcome of checking one run: its header, its events' hash chain and, once
+    finished, its row's seal. Truthy when it holds.
+
+    ``state`` is ``"intact"``, ``"erased"`` (content was removed by ``erase``; the
+    chain still proves everything else, and ``ok`` is True) or ``"broken"``.
+    ``broken_sequence`` names the first event that does not verify (None when the
+    first problem is not in an event); ``reason`` says what the first problem is and
+    ``problems`` lists every one found. ``key_id`` names the key the run was sealed
+    with ("" when unkeyed)."""
 
     run_id: str
     ok: bool
     events: int
     broken_sequence: int | None = None
     reason: str = ""
+    state: str = ""
+    problems: tuple[str, ...] = ()
+    key_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.state:
+            object.__setattr__(self, "state", "intact" if self.ok else "broken")
+        if self.state not in ("intact", "broken", "erased"):
+            raise ValueError(f"VerifyResult.state must be intact, broken or erased, got {self.state!r}")
+        if self.ok != (self.state != "broken"):
+            raise ValueError(f"VerifyResult.ok must be {self.state != 'broken'} for state {self.state!r}")
+        if not self.ok and not self.problems and self.reason:
+            object.__setattr__(self, "problems", (self.reason,))
 
     def __bool__(self) -> bool:
         return self.ok

@@ -4,7 +4,6 @@ callable. No built-in price list: prices change, and a stale one would lie."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from ._model import Usage
 
@@ -14,7 +13,7 @@ __all__ = ["Pricing", "price_step"]
 Pricing = Mapping[str, Mapping[str, float]] | Callable[[str, Usage], float | None]
 
 
-def _lookup(prices: Mapping[str, Any], model: str) -> Mapping[str, float] | None:
+def _lookup(prices: Mapping[str, Mapping[str, float]], model: str) -> Mapping[str, float] | None:
     if model in prices:
         return prices[model]
     bare = model.split("/", 1)[1] if "/" in model else model

@@ -425,7 +425,8 @@ class RedactionPolicy:
         for literal in self._field_literals:
             at = lower.find(literal)
             while at >= 0:
-                end = _KEY_RUN.match(text, at).end()
+                key_run = _KEY_RUN.match(text, at)
+                end = key_run.end() if key_run is not None else at  # the pattern matches ""
                 ends.add(end)
                 at = lower.find(literal, end)
         return sorted(ends), False

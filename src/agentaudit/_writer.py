@@ -43,6 +43,7 @@ from ._caps import (
 from ._chain import seal_events
 from ._errors import CommitTimeout
 from ._faults import Faults
+from ._keys import ChainKey
 from ._model import MAX_COUNT, Event, Response, RunStats, RunStatus, ToolCall
 from ._pricing import Pricing, price_step
 from ._redaction import RedactionPolicy
@@ -143,7 +144,7 @@ class Writer:
 
     ``Writer(store, run_id)`` is the low-level form: the caller already started the
     run. ``Writer(None, run_id)`` does nothing, cheaply. Usually you get one from
-    :meth:`Auditor.start_run` or :meth:`Auditor.run`.
+    [`Auditor.start_run`][agentaudit.Auditor.start_run] or [`Auditor.run`][agentaudit.Auditor.run].
     """
 
     def __init__(
@@ -168,6 +169,10 @@ class Writer:
         self._lock = threading.Lock()
         self._seq = 0
         self._prev_hash = ""
+        # Chain v1 (no salt, unkeyed) unless the Auditor starts a v2 chain at the
+        # run's header (`_start_chain`): a run started by hand keeps the old format.
+        self._salted = False
+        self._key: ChainKey | None = None
         self._calls = 0
         self._steps = 0
         self._input_tokens = 0
@@ -180,6 +185,13 @@ class Writer:
         self._open_tools: list[_OpenTool] = []
         self._started = time.monotonic()
         self._last_step = 0.0
+
+    def _start_chain(self, head: str, key: ChainKey | None) -> None:
+        """Chain v2: the first event links to the run's header hash ``head``; every
+        event is salted, and keyed with ``key`` when given."""
+        self._prev_hash = head
+        self._salted = True
+        self._key = key
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -303,7 +315,10 @@ class Writer:
         """`_record` with the run's lock held: seal, hand over, and advance the chain
         to the last event the store took (so the log never has a gap)."""
         run_id = self.run_id
-        sealed = seal_events(run_id, self._seq, self._prev_hash, events, datetime.now(timezone.utc))
+        sealed = seal_events(
+            run_id, self._seq, self._prev_hash, events, datetime.now(timezone.utc),
+            salted=self._salted, key=self._key,
+        )
         taken, error = self._hand_over(sealed)
         if taken:
             self._seq, self._prev_hash = sealed[taken - 1].sequence, sealed[taken - 1].hash
@@ -386,6 +401,8 @@ class Writer:
                 payload[payloads.THINKING_TOKENS] = usage.reasoning_tokens
             if usage.cache_read_tokens > 0:
                 payload[payloads.CACHE_READ_TOKENS] = usage.cache_read_tokens
+            if response.tool_calls:
+                payload[payloads.REQUESTED_TOOL_CALLS] = self._requested_calls(response.tool_calls)
             if text:
                 # Narration next to a secret-bearing tool may echo the secret it sends.
                 if self._policy.step_fires_secret_tool(c.name for c in response.tool_calls):
@@ -424,6 +441,19 @@ class Writer:
                 self._cost = (self._cost or 0.0) + cost
         return None
 
+    def _requested_calls(self, calls: Sequence[ToolCall]) -> list[dict[str, str]]:
+        limit = payloads.REQUESTED_TOOL_CALLS_MAX
+        requested = [
+            {
+                payloads.ID: self._text(call.id, "step.requested_tool_calls.id", EVENT_TYPE_MAX),
+                payloads.NAME: self._text(call.name, "step.requested_tool_calls.name", EVENT_TYPE_MAX),
+            }
+            for call in calls[:limit]
+        ]
+        if len(calls) > limit:
+            requested.append({payloads.ID: "", payloads.NAME: f"…[+{len(calls) - limit} more]"})
+        return requested
+
     def _step_cost(self, response: Response | None) -> float | None:
         if self._pricing is None or response is None or not response.model:
             return None
@@ -439,7 +469,7 @@ class Writer:
     def tool_started(self, call: ToolCall) -> None:
         """Record that a tool was called, before it runs (``tool_call``): a crash or
         an interrupt mid-tool still leaves the intent on record. Pair it with
-        :meth:`tool_finished`; a tool still running at ``close`` gets a cancelled
+        [`tool_finished`][agentaudit.Writer.tool_finished]; a tool still running at ``close`` gets a cancelled
         result."""
         if self._store is None:
             return
@@ -458,9 +488,9 @@ class Writer:
     def tool_finished(
         self, call: ToolCall, result: Any, *, error: bool = False, duration_ms: float | None = None
     ) -> None:
-        """Record the result of a tool whose start :meth:`tool_started` recorded
+        """Record the result of a tool whose start [`tool_started`][agentaudit.Writer.tool_started] recorded
         (``tool_result``). A call with no recorded start is recorded whole, as by
-        :meth:`on_tool`. ``duration_ms`` defaults to the time since its start."""
+        [`on_tool`][agentaudit.Writer.on_tool]. ``duration_ms`` defaults to the time since its start."""
         if self._store is None:
             return
         self._hook("tool_finished", lambda: self._tool_finish(call, result, error, duration_ms))
@@ -488,11 +518,12 @@ class Writer:
 
     def _take_open(self, call: ToolCall) -> _OpenTool | None:
         tools = self._open_tools
-        for match in (
+        matchers: tuple[Callable[[_OpenTool], bool], ...] = (
             lambda t: t.call == call,
             lambda t: bool(call.id) and t.call.id == call.id,
             lambda t: not call.id and t.call.name == call.name,
-        ):
+        )
+        for match in matchers:
             for i, tool in enumerate(tools):
                 if match(tool):
                     return tools.pop(i)

@@ -5,7 +5,7 @@ Why here: the LangChain and LlamaIndex integrations, the decorators and
 ``Auditor.run`` all turn an exception into a run's ending. Each copy used to differ
 in small ways (one would raise on an exception whose ``__str__`` raises), so they
 share these (as sentry-python keeps its AI helpers in one module), and one reader
-of token usage in every provider shape, the same one :func:`agentaudit.record_step`
+of token usage in every provider shape, the same one `agentaudit.record_step`
 uses.
 """
 

@@ -25,6 +25,8 @@ __all__ = [
     "MODEL",
     "NAME",
     "OUT_TOKENS",
+    "REQUESTED_TOOL_CALLS",
+    "REQUESTED_TOOL_CALLS_MAX",
     "RESERVED_EVENT_TYPES",
     "RESOLVED_MODEL",
     "RESULT",
@@ -38,6 +40,7 @@ __all__ = [
     "TOOL_RESULT",
     "TRUNCATED",
     "ErrorPayload",
+    "RequestedToolCall",
     "ResolvedModelPayload",
     "StepPayload",
     "ToolCallPayload",
@@ -66,6 +69,12 @@ THINKING_TOKENS = "thinking_tokens"
 CACHE_READ_TOKENS = "cache_read_tokens"
 TEXT = "text"
 TEXT_REDACTED = "text_redacted"
+# The tool calls the model asked for in this step, each ``{"id", "name"}`` (arguments
+# are on each call's ``tool_call`` event). A call that never ran (rejected at a
+# human-in-the-loop interrupt, blocked by a limit) has no tool_call: it shows here.
+REQUESTED_TOOL_CALLS = "requested_tool_calls"
+# How many are listed; past that, one last entry ``{"id": "", "name": "…[+N more]"}``.
+REQUESTED_TOOL_CALLS_MAX = 64
 
 # -- tool_call / tool_result -------------------------------------------------------
 NAME = "name"
@@ -89,6 +98,11 @@ class _StepRequired(TypedDict):
     text_len: int
 
 
+class RequestedToolCall(TypedDict):
+    id: str
+    name: str
+
+
 class StepPayload(_StepRequired, total=False):
     model: str
     finish_reason: str
@@ -98,6 +112,7 @@ class StepPayload(_StepRequired, total=False):
     cache_read_tokens: int
     text: str
     text_redacted: bool
+    requested_tool_calls: list[RequestedToolCall]
 
 
 class ResolvedModelPayload(TypedDict):

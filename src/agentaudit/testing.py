@@ -1,9 +1,9 @@
 """Test helpers for third parties: a store conformance suite, an adapter contract,
 and fault-injecting stores.
 
-Store authors subclass :class:`StoreConformance` in a ``Test…`` class and give it a
+Store authors subclass [`StoreConformance`][agentaudit.testing.StoreConformance] in a ``Test…`` class and give it a
 ``store`` pytest fixture (and optionally ``reopen_store``, a callable returning a new
-store over the same data). Adapter authors call :func:`assert_run_well_formed` on
+store over the same data). Adapter authors call [`assert_run_well_formed`][agentaudit.testing.assert_run_well_formed] on
 every run their tests record. Nothing here is imported by ``import agentaudit``.
 """
 
@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import Any
 
 from ._auditor import Auditor
@@ -43,7 +43,7 @@ def assert_run_well_formed(store: Any, run_id: str) -> Run:
     Sequences 1..n with no gap; the hash chain verifies; step ``iter`` values are
     1..k; every ``tool_call`` is followed later by a ``tool_result`` with the same id;
     the run is terminal; its tool-call count and token totals equal its events'."""
-    run = store.get_run(run_id)
+    run: Run | None = store.get_run(run_id)
     assert run is not None, f"run {run_id} was not recorded"
     events = store.get_logs(run_id)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1)), "sequence gap or repeat"
@@ -131,7 +131,7 @@ class RaisingStore:
 
 class BlockingStore:
     """Wraps a store; ``finish_run`` (and, with ``block_appends``, ``append_log``)
-    blocks until :meth:`release` is called. Models a hung database."""
+    blocks until [`release`][agentaudit.testing.BlockingStore.release] is called. Models a hung database."""
 
     def __init__(self, inner: Any, *, block_appends: bool = False) -> None:
         self.inner = inner
@@ -336,14 +336,14 @@ def _tests_own_read(read: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def exempt_test_reads(store: Any, *, tests_dir: str | os.PathLike[str], own: Iterable[ModuleType]) -> None:
     """Let a test's own reads of ``store`` (a query, a flush, on an async test's loop
-    thread) block under :func:`no_blocking_on_event_loops`; the same read made from
+    thread) block under [`no_blocking_on_event_loops`][agentaudit.testing.no_blocking_on_event_loops]; the same read made from
     the code of ``own`` (agentaudit, an adapter) is still caught."""
     tests = str(Path(tests_dir).resolve()) + os.sep
     own_dirs = tuple(_package_dir(m) for m in own)
     this_file = str(Path(__file__).resolve())
 
     def called_by_own_code() -> bool:
-        frame = sys._getframe(2)
+        frame: FrameType | None = sys._getframe(2)
         while frame is not None:
             name = frame.f_code.co_filename
             if name.startswith(tests):
@@ -372,7 +372,7 @@ def no_blocking_on_event_loops(allow: Iterable[tuple[str, str]] = ()) -> Iterato
     """Fail (``AssertionError``, with the first stacks) when any blocking call is made
     on a thread while it runs an event loop, even one something swallowed (a hook
     counts a fault; a framework logs a handler's error). Needs the ``blockbuster``
-    package. Exempt: a test's reads wrapped by :func:`exempt_test_reads`, writes to
+    package. Exempt: a test's reads wrapped by [`exempt_test_reads`][agentaudit.testing.exempt_test_reads], writes to
     ``os.devnull`` (pytest's log handler), and the ``(file suffix, function)`` pairs
     in ``allow`` (a framework's own blocking code)."""
     import blockbuster.blockbuster as bb_module  # a test dependency, not the core's

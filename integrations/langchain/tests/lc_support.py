@@ -148,6 +148,10 @@ def _step_expectation(message: AIMessage, iteration: int, model: str) -> dict[st
         expected["cache_read_tokens"] = cache
     if reasoning:
         expected["thinking_tokens"] = reasoning
+    if message.tool_calls:
+        expected["requested_tool_calls"] = [
+            {"id": call["id"], "name": call["name"]} for call in message.tool_calls
+        ]
     if message.text.strip():
         expected["text"] = message.text.strip()
     return expected

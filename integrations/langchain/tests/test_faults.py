@@ -140,3 +140,83 @@ def test_values_that_will_not_serialize_cost_a_field_never_the_run(store, handle
     tool_run = store.list_runs(aa.RunFilter(name="obj_tool"))[0]
     assert tool_run.status == "succeeded"
     assert_run_well_formed(store, tool_run.run_id)
+
+
+class RefusingStore(aa.MemoryStore):
+    """Refuses every batch holding an event of the given types, as a store with a
+    bad disk block might."""
+
+    def __init__(self, *event_types: str) -> None:
+        super().__init__()
+        self.event_types = set(event_types)
+
+    def append_events(self, events: Any) -> None:
+        if any(e.event_type in self.event_types for e in events):
+            raise OSError("bad block")
+        super().append_events(events)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_fault_in_the_hook_that_ends_a_standalone_tool_still_closes_its_run(strict):
+    store = RefusingStore("tool_result")
+    auditor = aa.Auditor(store, strict=strict)
+    handler = AuditCallbackHandler(auditor)
+
+    if strict:  # strict mode re-raises the fault through LangChain
+        with pytest.raises(OSError, match="bad block"):
+            add.invoke({"a": 1, "b": 2}, config={"callbacks": [handler]})
+    else:
+        assert add.invoke({"a": 1, "b": 2}, config={"callbacks": [handler]}) == 3
+
+    [run] = store.list_runs()
+    assert run.status == "succeeded"  # the tool returned: closed, never left running
+    assert [e.event_type for e in store.get_logs(run.run_id)] == ["tool_call"]
+    # Strict: the refusal raised through the writer, our guard and LangChain, counted
+    # once. Otherwise the call stays open and its close meets a second refusal.
+    assert auditor.faults.counts() == {"append_log": 1 if strict else 2}
+    assert_no_state(handler)
+
+
+def test_a_fault_in_strict_mode_still_closes_the_run_it_aborts():
+    # The refused tool_call aborts the agent (strict mode raises into it); the run's
+    # end then meets the same refusal for the tool's cancelled result, and the run
+    # must close all the same.
+    store = RefusingStore("tool_call")
+    auditor = aa.Auditor(store, strict=True)
+    handler = AuditCallbackHandler(auditor)
+
+    with pytest.raises(OSError, match="bad block"):
+        weather_agent().invoke(ask(), config={"callbacks": [handler]})
+
+    [run] = store.list_runs()
+    assert (run.status, run.error) == ("failed", "OSError: bad block")
+    assert run.steps == 1
+    # Two faults: the call refused when the tool started, its result at the run's end.
+    assert auditor.faults.counts() == {"append_log": 2}
+    assert_no_state(handler)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_fault_reading_how_a_run_ended_still_closes_it(monkeypatch, strict):
+    from agentaudit_langchain import _handler
+
+    def broken(outputs: Any) -> Any:
+        raise RuntimeError("bug in the output reader")
+
+    monkeypatch.setattr(_handler, "final_output", broken)
+    store = aa.MemoryStore()
+    auditor = aa.Auditor(store, strict=strict)
+    handler = AuditCallbackHandler(auditor)
+
+    if strict:
+        with pytest.raises(RuntimeError, match="output reader"):
+            weather_agent().invoke(ask(), config={"callbacks": [handler]})
+    else:
+        assert weather_agent().invoke(ask(), config={"callbacks": [handler]})["messages"][-1].text == ANSWER
+
+    [run] = store.list_runs()
+    assert_run_well_formed(store, run.run_id)  # terminal: never left running
+    assert run.status == "failed" and "could not read how the run ended" in run.error
+    assert run.steps == 3 and run.tool_calls == 3  # what was recorded stays
+    assert auditor.faults.counts() == {"langchain.on_chain_end": 1}
+    assert_no_state(handler)

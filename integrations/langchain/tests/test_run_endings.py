@@ -260,3 +260,20 @@ def test_a_model_used_without_an_agent_is_a_one_step_run(store, handler):
     assert_run_well_formed(store, run.run_id)
     assert (run.input, run.output, run.steps) == ("hi", "hello there", 1)
     assert message.text == "hello there"
+
+
+def test_a_tool_that_handles_its_own_error_on_its_own_is_a_succeeded_run(store, handler):
+    # Invoked with a tool call, the tool turns its ToolException into an error
+    # ToolMessage and returns it normally: that is the tool's answer, not a failure.
+    message = soft_fail.invoke(
+        {"name": "soft_fail", "args": {"x": 7}, "id": "s7", "type": "tool_call"},
+        config={"callbacks": [handler]},
+    )
+
+    assert (message.status, message.content) == ("error", "soft failure for 7")
+    run = only_run(store)
+    assert_run_well_formed(store, run.run_id)
+    assert (run.status, run.error, run.output) == ("succeeded", "", "soft failure for 7")
+    call, result = store.get_logs(run.run_id)
+    assert call.payload == {"name": "soft_fail", "args": '{"x":7}', "id": "s7"}
+    assert (result.payload["result"], result.payload["error"]) == ("soft failure for 7", True)

@@ -88,13 +88,18 @@ def step(
     finish_reason: str = "",
     in_tokens: int = 0,
     out_tokens: int = 0,
+    calls: Iterable[tuple[str, str]] = (),
     **more: Any,
 ) -> tuple[str, dict[str, Any]]:
-    """The expected ``step`` event, as :func:`events` gives it."""
+    """The expected ``step`` event, as :func:`events` gives it; ``calls`` are the
+    ``(id, name)`` of the tool calls the model asked for."""
     payload: dict[str, Any] = {"iter": iter, "text_len": len(text), "model": model,
                                "in_tokens": in_tokens, "out_tokens": out_tokens, "agent": agent}
     if finish_reason:
         payload["finish_reason"] = finish_reason
+    requested = [{"id": call_id, "name": name} for call_id, name in calls]
+    if requested:
+        payload["requested_tool_calls"] = requested
     if text.strip():
         payload["text"] = text.strip()
     payload.update(more)

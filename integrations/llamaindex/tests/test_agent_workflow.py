@@ -45,11 +45,11 @@ async def test_hand_off_between_agents(store: aa.MemoryStore, streaming: bool) -
     handoff_result = logged[3][1]["result"]
     assert "weather" in handoff_result
     assert logged == [
-        step(1, agent="triage"),
+        step(1, agent="triage", calls=[("h1", "handoff")]),
         ("resolved_model", {"model": "mock/unknown"}),
         *tool("h1", "handoff", '{"reason":"weather","to_agent":"weather"}', handoff_result),
         ("handoff", {"from_agent": "triage", "to_agent": "weather"}),
-        step(2, agent="weather"),
+        step(2, agent="weather", calls=[("c1", "get_weather")]),
         *tool("c1", "get_weather", '{"city":"Paris"}', "sunny in Paris"),
         step(3, agent="weather", text="Sunny in Paris."),
     ]

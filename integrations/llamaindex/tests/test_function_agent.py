@@ -52,10 +52,10 @@ async def test_one_run_with_every_step_and_tool(store: aa.MemoryStore, streaming
     # for one model call, recorded as one step.
     # The two tools of step 2 run in parallel.
     assert paired_tool_events(events(store, run.run_id)) == [
-        step(1, agent="forecaster"),
+        step(1, agent="forecaster", calls=[("call_1", "get_weather")]),
         ("resolved_model", {"model": "mock/unknown"}),
         *tool("call_1", "get_weather", '{"city":"Paris"}', "sunny in Paris"),
-        step(2, agent="forecaster"),
+        step(2, agent="forecaster", calls=[("call_2", "add"), ("call_3", "get_weather")]),
         *tool("call_2", "add", '{"a":2,"b":3}', "5"),
         *tool("call_3", "get_weather", '{"city":"Rome"}', "sunny in Rome"),
         step(3, agent="forecaster", text="Paris and Rome are sunny; 2+3=5."),

@@ -53,6 +53,33 @@ def test_instrument_again_with_other_options_is_refused(auditor: aa.Auditor) -> 
     instrument(auditor, caller="b").uninstrument()  # fine once detached
 
 
+async def test_two_auditors_over_one_store_attach_once(store: aa.Store) -> None:
+    # Two Auditor objects for one store (made in two modules, say): one attachment,
+    # every run recorded once.
+    root = get_dispatcher()
+    first = instrument(aa.Auditor(store), caller="svc")
+    second = instrument(aa.Auditor(store), caller="svc")
+
+    assert second is first
+    assert len(ours(root.event_handlers)) == 1 and len(ours(root.span_handlers)) == 1
+    await answering_agent().run(user_msg="hello")
+    assert len(store.list_runs(aa.RunFilter())) == 1  # not recorded twice
+    first.uninstrument()
+
+
+def test_another_auditor_with_other_settings_over_one_store_is_refused(store: aa.Store) -> None:
+    handle = instrument(aa.Auditor(store))
+    with pytest.raises(ValueError, match=r"auditor pricing.*uninstrument"):
+        instrument(aa.Auditor(store, pricing={"openai/gpt-4o-mini": {"input": 1.0, "output": 2.0}}))
+    with pytest.raises(ValueError, match=r"auditor strict"):
+        instrument(aa.Auditor(store, strict=True))
+    with pytest.raises(ValueError, match=r"caller"):
+        instrument(aa.Auditor(store), caller="other")
+    assert len(ours(get_dispatcher().span_handlers)) == 1
+    handle.uninstrument()
+    instrument(aa.Auditor(store, strict=True)).uninstrument()  # fine once detached
+
+
 def test_bad_arguments_are_type_errors(auditor: aa.Auditor) -> None:
     with pytest.raises(TypeError, match=r"agentaudit\.Auditor"):
         instrument(aa.MemoryStore())  # type: ignore[arg-type]
@@ -234,6 +261,29 @@ async def test_a_fault_in_a_hook_is_counted_and_swallowed(
     assert_run_well_formed(store, run.run_id)
     # The rest of the run is still recorded.
     assert (run.status, run.output, run.tool_calls) == (aa.RunStatus.SUCCEEDED, "sunny", 1)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_a_fault_in_the_hook_that_ends_a_run_still_closes_it(
+    store: aa.Store, monkeypatch: pytest.MonkeyPatch, strict: bool
+) -> None:
+    from agentaudit_llamaindex import _recorder
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("bug in the output reader")
+
+    monkeypatch.setattr(_recorder, "run_output", broken)
+    auditor = aa.Auditor(store, strict=strict)
+    with instrument(auditor) as handle:
+        result = await answering_agent().run(user_msg="hello")
+        assert handle._recorder.tracked() == EMPTY
+
+    assert str(result) == "hi"  # LlamaIndex swallows what strict mode raises
+    run = only_run(store)
+    assert_run_well_formed(store, run.run_id)  # terminal, never left running
+    assert run.status == aa.RunStatus.FAILED
+    assert "could not read how the run ended" in run.error
+    assert auditor.faults.counts() == {"llamaindex.span_exit": 1}
 
 
 async def test_a_raising_caller_callable_is_a_fault_not_an_error(

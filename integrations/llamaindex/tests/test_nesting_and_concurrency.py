@@ -48,13 +48,13 @@ async def test_an_agent_run_inside_a_tool_is_a_child_run(store: aa.MemoryStore) 
     assert (child.input, child.output) == ("Oslo?", "Oslo: sunny.")
     # The child's steps and tools are its own, not its parent's.
     assert events(store, child.run_id) == [
-        step(1, agent="researcher"),
+        step(1, agent="researcher", calls=[("i1", "get_weather")]),
         ("resolved_model", {"model": "mock/unknown"}),
         *tool("i1", "get_weather", '{"city":"Oslo"}', "sunny in Oslo"),
         step(2, agent="researcher", text="Oslo: sunny."),
     ]
     assert events(store, parent.run_id) == [
-        step(1, agent="manager"),
+        step(1, agent="manager", calls=[("o1", "research")]),
         ("resolved_model", {"model": "mock/unknown"}),
         *tool("o1", "research", '{"question":"Oslo?"}', "Oslo: sunny."),
         step(2, agent="manager", text="Done: sunny."),
@@ -98,7 +98,7 @@ async def test_concurrent_runs_stay_apart(store: aa.MemoryStore, shared_agent: b
             aa.RunStatus.SUCCEEDED, f"{city}: sunny in {city}", None,
         )
         assert events(store, run.run_id) == [
-            step(1, agent="forecaster"),
+            step(1, agent="forecaster", calls=[(f"call-{city}", "get_weather")]),
             ("resolved_model", {"model": "mock/unknown"}),
             *tool(f"call-{city}", "get_weather", f'{{"city":"{city}"}}', f"sunny in {city}"),
             step(2, agent="forecaster", text=f"{city}: sunny in {city}"),

@@ -4,12 +4,15 @@ reasoning tokens, text and tool calls of every step, streamed or not."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import respx
 from li_openai import BASE_URL, MODEL_SERVED, OpenAIServer, Turn, call, usage
 from li_support import add, events, get_weather, only_run, step, tool
 from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
 from llama_index.llms.openai import OpenAI
+from pydantic import BaseModel
 
 import agentaudit as aa
 from agentaudit.testing import assert_run_well_formed, paired_tool_events
@@ -47,10 +50,12 @@ def expected_events(*, with_usage: bool) -> list:
 
     return [
         step(1, agent="weather", model=MODEL, finish_reason="tool_calls",
-             text="Let me check the weather first.", **tokens(TURNS[0])),
+             text="Let me check the weather first.", calls=[("call_1", "get_weather")],
+             **tokens(TURNS[0])),
         ("resolved_model", {"model": MODEL}),
         *tool("call_1", "get_weather", '{"city":"Paris"}', "sunny in Paris"),
-        step(2, agent="weather", model=MODEL, finish_reason="tool_calls", **tokens(TURNS[1])),
+        step(2, agent="weather", model=MODEL, finish_reason="tool_calls",
+             calls=[("call_2", "add"), ("call_3", "get_weather")], **tokens(TURNS[1])),
         *tool("call_2", "add", '{"a":2,"b":3}', "5"),
         *tool("call_3", "get_weather", '{"city":"Rome"}', "sunny in Rome"),
         step(3, agent="weather", model=MODEL, finish_reason="stop", text=ANSWER, **tokens(TURNS[2])),
@@ -110,7 +115,7 @@ async def test_react_agent_on_openai(store: aa.MemoryStore, streaming: bool) -> 
     call_id = logged[2][1]["id"]
     assert logged == [
         step(1, agent="react", model=MODEL, finish_reason="stop", text=thought,
-             in_tokens=80, out_tokens=12, cache_read_tokens=32),
+             calls=[(call_id, "get_weather")], in_tokens=80, out_tokens=12, cache_read_tokens=32),
         ("resolved_model", {"model": MODEL}),
         *tool(call_id, "get_weather", '{"city":"Oslo"}', "sunny in Oslo"),
         step(2, agent="react", model=MODEL, finish_reason="stop", text=answer,
@@ -138,3 +143,32 @@ async def test_a_server_error_fails_the_run(store: aa.MemoryStore) -> None:
     assert "overloaded" in run.error
     [(kind, payload)] = events(store, run.run_id)
     assert kind == "error" and payload["message"].startswith("model call failed: InternalServerError")
+
+
+class Forecast(BaseModel):
+    city: str
+    sunny: bool
+
+
+async def test_the_structured_output_pass_is_a_step_of_the_provider(store, respx_mock):
+    # FunctionAgent(output_cls=...) ends with a second model call through a
+    # StructuredLLM wrapper: recorded as the OpenAI call it makes (the provider's
+    # name, the served model, its usage), so prices and stats keyed on openai/... find it.
+    answer = json.dumps({"city": "Paris", "sunny": True})
+    OpenAIServer([Turn("It is sunny in Paris.", usage=usage(40, 6)), Turn(answer, usage=usage(30, 7))]).mount(
+        respx_mock
+    )
+    agent = FunctionAgent(name="forecaster", tools=[], llm=openai_llm(), output_cls=Forecast, streaming=False)
+
+    result = await agent.run(user_msg="weather in Paris?")
+
+    assert result.structured_response == {"city": "Paris", "sunny": True}
+    run = only_run(store)
+    assert_run_well_formed(store, run.run_id)
+    assert events(store, run.run_id) == [
+        step(1, agent="forecaster", model=MODEL, finish_reason="stop", text="It is sunny in Paris.",
+             in_tokens=40, out_tokens=6),
+        ("resolved_model", {"model": MODEL}),
+        step(2, agent="forecaster", model=MODEL, finish_reason="stop", text=answer, in_tokens=30, out_tokens=7),
+    ]
+    assert (run.steps, run.input_tokens, run.output_tokens) == (2, 70, 13)

@@ -36,7 +36,7 @@ async def test_react_run(store: aa.MemoryStore, streaming: bool) -> None:
     call_id = logged[2][1]["id"]  # ReActAgent makes up a uuid for each call
     assert call_id
     assert logged == [
-        step(1, agent="reasoner", text=THOUGHT_1),
+        step(1, agent="reasoner", text=THOUGHT_1, calls=[(call_id, "get_weather")]),
         ("resolved_model", {"model": "mock/unknown"}),
         ("tool_call", {"name": "get_weather", "args": '{"city":"Paris"}', "id": call_id}),
         ("tool_result", {"name": "get_weather", "id": call_id, "result": "sunny in Paris",
@@ -61,5 +61,8 @@ async def test_narration_before_a_secret_bearing_tool_is_redacted(store: aa.Memo
 
     run = only_run(store)
     assert_run_well_formed(store, run.run_id)
-    first_step = events(store, run.run_id)[0]
-    assert first_step == step(1, agent="fetcher", text_redacted=True, text_len=len(thought))
+    logged = events(store, run.run_id)
+    call_id = logged[2][1]["id"]
+    assert logged[0] == step(
+        1, agent="fetcher", text_redacted=True, text_len=len(thought), calls=[(call_id, "http_get")]
+    )

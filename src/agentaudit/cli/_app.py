@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import sys
@@ -12,22 +11,36 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 from rich.console import Console
 
 from .._errors import AgentAuditError
 from .._model import TERMINAL_STATUSES, RunFilter, RunStatus
 from ..stores.sqlite import SUMMARY_GROUPS, SQLiteStore
-from . import _export
-from ._params import DB_ENV, DEFAULT_DB, CliError, Moment, StaleAfter
+from . import _checkpoints, _export, _fleet, _integrity, _ui
+from ._params import (
+    DB_ENV,
+    DEFAULT_DB,
+    CliError,
+    Moment,
+    StaleAfter,
+    open_reader,
+    open_writer,
+    resolve_db,
+)
 from ._terminal import visible
 from .render import (
+    SORT_KEYS,
     event_json,
     event_line,
     fmt_time,
+    json_text,
+    left_out_note,
     render_run,
     resolve_run,
     run_json,
     runs_table,
+    short_ids,
     show_json,
     stats_table,
 )
@@ -48,6 +61,10 @@ class _Group(click.Group):
             raise CliError(str(exc)) from None
         except sqlite3.Error as exc:
             raise CliError(f"database error: {exc}") from None
+        except BrokenPipeError:  # `agentaudit export | head`: the reader has what it wanted
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+            ctx.exit(141)
 
 
 def _out() -> Console:
@@ -57,7 +74,7 @@ def _out() -> Console:
 
 
 def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
+    click.echo(json_text(value, indent=2))
 
 
 # -- shared options ------------------------------------------------------------------
@@ -77,6 +94,17 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 
 
+def _complete_run(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of a RUN: the newest run ids that start with what is typed."""
+    try:
+        path = ctx.params.get("db") or (ctx.find_root().params.get("db")) or resolve_db(None)
+        with SQLiteStore(path, read_only=True) as store:
+            ids = [run.run_id for run in store.list_runs(RunFilter(limit=200))]
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+    return [CompletionItem(run_id) for run_id in ids if run_id.startswith(incomplete)][:50]
+
+
 def filter_options(fn: F) -> F:
     options = [
         click.option("--caller", help="Only runs of this caller (exact)."),
@@ -92,7 +120,27 @@ def filter_options(fn: F) -> F:
             "--since", type=Moment(), help="Only runs started at or after: 2h, 7d, or a date (UTC)."
         ),
         click.option("--until", type=Moment(), help="Only runs started before: 2h, 7d, or a date."),
-        click.option("--parent", "parent", metavar="RUN", help="Only child runs of this run id."),
+        click.option("--parent", "parent", metavar="RUN", shell_complete=_complete_run,
+                     help="Only child runs of this run (an id prefix)."),
+        click.option("--model", metavar="MODEL",
+                     help="Only runs first served by this model (exact): openai/gpt-4o-mini."),
+        click.option("--errors", "has_error", flag_value=True, default=None,
+                     help="Only runs that failed, timed out, were abandoned or carry an error."),
+        click.option("--min-cost", "min_cost", type=click.FloatRange(min=0), metavar="USD",
+                     help="Only runs that cost at least this many dollars."),
+        click.option("--search", "search", metavar="TEXT",
+                     help="Only runs whose text holds every word of TEXT (input, output, steps, tools)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def sort_options(fn: F) -> F:
+    options = [
+        click.option("--sort", "order_by", type=click.Choice(list(SORT_KEYS)), default="start",
+                     show_default=True, help="Order by start time, duration, tokens or cost."),
+        click.option("--asc", "ascending", is_flag=True, help="Smallest (oldest) first."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -100,6 +148,7 @@ def filter_options(fn: F) -> F:
 
 
 def _filter(
+    store: Any,
     *,
     caller: str | None = None,
     name: str | None = None,
@@ -107,24 +156,41 @@ def _filter(
     since: datetime | None = None,
     until: datetime | None = None,
     parent: str | None = None,
+    model: str | None = None,
+    has_error: bool | None = None,
+    min_cost: float | None = None,
+    search: str | None = None,
+    order_by: str = "start",
+    ascending: bool = False,
     limit: int | None = None,
+    offset: int = 0,
     **_: Any,
 ) -> RunFilter:
-    return RunFilter(
-        caller=caller,
-        name=name,
-        status=statuses or None,
-        since=since,
-        until=until,
-        parent_run_id=parent,
-        limit=limit,
-    )
+    """The filter the options describe; RUN prefixes resolved against ``store``."""
+    try:
+        return RunFilter(
+            caller=caller,
+            name=name,
+            status=statuses or None,
+            since=since,
+            until=until,
+            parent_run_id=store.resolve_run_id(parent) if parent else None,
+            model=model,
+            has_error=has_error,
+            min_cost_usd=min_cost,
+            text=search,
+            order_by=SORT_KEYS[order_by],
+            ascending=ascending,
+            limit=limit,
+            offset=offset,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
-def _open(ctx: click.Context, db: str | None) -> SQLiteStore:
-    path = db or (ctx.obj or {}).get("db") or DEFAULT_DB
-    store = SQLiteStore(path, create=False)
-    ctx.call_on_close(store.close)
+def _open(ctx: click.Context, db: str | None, *, write: bool = False) -> SQLiteStore:
+    """The database: read-only for every read command (see `open_reader`)."""
+    store: SQLiteStore = open_writer(ctx, db) if write else open_reader(ctx, db)
     return store
 
 
@@ -153,17 +219,38 @@ def cli(ctx: click.Context, db: str) -> None:
 
 @cli.command()
 @filter_options
+@sort_options
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True,
               help="How many runs to list.")
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many runs first.")
 @json_option
 @db_option
 @click.pass_context
-def runs(ctx: click.Context, as_json: bool, db: str | None, limit: int, offset: int, **filters: Any) -> None:
-    """List runs, newest first."""
+def runs(ctx: click.Context, /, as_json: bool, db: str | None, **filters: Any) -> None:
+    """List runs, newest first (or as --sort says)."""
+    _list_runs(ctx, db, as_json, filters)
+
+
+@cli.command()
+@click.argument("text")
+@filter_options
+@sort_options
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True,
+              help="How many runs to list.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many runs first.")
+@json_option
+@db_option
+@click.pass_context
+def search(ctx: click.Context, /, text: str, as_json: bool, db: str | None, **filters: Any) -> None:
+    """List the runs whose text holds every word of TEXT (same as `runs --search TEXT`)."""
+    if filters.get("search"):
+        text = f"{text} {filters['search']}"
+    _list_runs(ctx, db, as_json, {**filters, "search": text})
+
+
+def _list_runs(ctx: click.Context, db: str | None, as_json: bool, filters: dict[str, Any]) -> None:
     store = _open(ctx, db)
-    flt = _filter(limit=limit, **filters)
-    flt = RunFilter(**{**_fields(flt), "offset": offset})
+    flt = _filter(store, **filters)
     found = store.list_runs(flt)
     models = store.run_models(run.run_id for run in found)
     if as_json:
@@ -173,19 +260,23 @@ def runs(ctx: click.Context, as_json: bool, db: str | None, limit: int, offset: 
     if not found:
         out.print("no runs match", style="dim")
         return
-    out.print(runs_table(found, models if any(models.values()) else None))
-    total = store.count_runs(_filter(**filters))
+    shown = short_ids(store, (run.run_id for run in found))
+    table, left_out = runs_table(found, models if any(models.values()) else None, shown, width=out.width)
+    out.print(table)
+    if left_out:
+        out.print(left_out_note(left_out, out.width), style="dim")
+    total = store.count_runs(_filter(store, **{**filters, "limit": None, "offset": 0}))
     if total > len(found):
-        out.print(f"{len(found)} of {total} runs shown (--limit, --offset)", style="dim")
+        out.print(f"{len(found)} of {total:,} runs shown (--limit, --offset)", style="dim")
 
 
 @cli.command()
-@click.argument("run")
+@click.argument("run", shell_complete=_complete_run)
 @json_option
 @db_option
 @click.pass_context
 def show(ctx: click.Context, run: str, as_json: bool, db: str | None) -> None:
-    """Show one run: header, timeline and child runs. RUN may be a unique id prefix."""
+    """Show one run: header, timeline and child runs. RUN may be an id prefix."""
     store = _open(ctx, db)
     if as_json:
         _print_json(show_json(store, run))
@@ -197,7 +288,8 @@ def show(ctx: click.Context, run: str, as_json: bool, db: str | None) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they are written.")
 @click.option("--lines", "-n", type=click.IntRange(min=0), default=20, show_default=True,
               help="How many recent events to print first.")
-@click.option("--run", "run_prefix", metavar="RUN", help="Only events of this run (a unique id prefix).")
+@click.option("--run", "run_prefix", metavar="RUN", shell_complete=_complete_run,
+              help="Only events of this run (an id prefix).")
 @click.option("--type", "event_types", multiple=True, metavar="TYPE",
               help="Only events of this type; repeat for several.")
 @click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
@@ -222,11 +314,12 @@ def tail(
     out = _out()
 
     def emit(batch: list[tuple[int, Any]]) -> None:
+        shown = {} if as_json else short_ids(store, {event.run_id for _position, event in batch})
         for position, event in batch:
             if as_json:
-                click.echo(json.dumps({"position": position, **event_json(event)}, ensure_ascii=False))
+                click.echo(json_text({"position": position, **event_json(event)}))
             else:
-                out.print(event_line(event), soft_wrap=True)
+                out.print(event_line(event, shown.get(event.run_id)), soft_wrap=True)
         sys.stdout.flush()
 
     recent = store.recent_events(lines, run_id=run_id, event_types=types) if lines else []
@@ -255,18 +348,49 @@ def tail(
               help="One record per event instead of one per run.")
 @filter_options
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Export at most this many runs.")
+@_checkpoints.bundle_options
 @db_option
 @click.pass_context
 def export(
-    ctx: click.Context, fmt: str, output: str, per_event: bool, limit: int | None, db: str | None,
+    ctx: click.Context, /, fmt: str, output: str, per_event: bool, limit: int | None, db: str | None,
     **filters: Any,
 ) -> None:
     """Export runs (with their events) as JSONL or CSV, streaming, newest first."""
     store = _open(ctx, db)
-    flt = _filter(limit=limit, **filters)
-    written = _export.export(store, flt, fmt=fmt, output=output, per_event=per_event)
+    flt = _filter(store, limit=limit, **filters)
+    if _checkpoints.export_bundle(ctx, db, flt, **filters):
+        return
+    try:
+        written = _export.export(store, flt, fmt=fmt, output=output, per_event=per_event)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        where = output if output != "-" else "standard output"
+        raise CliError(f"cannot write {where}: {exc.strerror or exc}") from None
     if output != "-":
-        click.echo(f"exported {written} {'events' if per_event else 'runs'} to {output}", err=True)
+        click.echo(f"exported {_count(written, 'event' if per_event else 'run')} to {output}", err=True)
+
+
+@cli.command()
+@click.argument("run", shell_complete=_complete_run)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+@click.pass_context
+def delete(ctx: click.Context, run: str, yes: bool, db: str | None) -> None:
+    """Delete one run and its events (its child runs are kept)."""
+    store = _open(ctx, db, write=True)
+    found = resolve_run(store, run)
+    if not found.status.is_terminal:
+        raise CliError(
+            f"run {found.run_id} is still running; delete it once it ends (or `agentaudit reap` it)"
+        )
+    events = len(store.get_logs(found.run_id))
+    what = (f"run {visible(found.run_id)} ({visible(found.name)}, {found.status.value}, started "
+            f"{fmt_time(found.started_at)} UTC) and its {_count(events, 'event')}")
+    if not yes:
+        click.confirm(f"Delete {what}?", abort=True)
+    store.delete_run(found.run_id)
+    click.echo(f"deleted {what}")
 
 
 @cli.command()
@@ -279,7 +403,7 @@ def export(
 @click.pass_context
 def purge(ctx: click.Context, before: datetime, statuses: tuple[str, ...], yes: bool, db: str | None) -> None:
     """Delete old runs and their events."""
-    store = _open(ctx, db)
+    store = _open(ctx, db, write=True)
     chosen = statuses or tuple(s.value for s in TERMINAL_STATUSES)
     count = store.count_runs(RunFilter(until=before, status=chosen))
     if count == 0:
@@ -287,59 +411,12 @@ def purge(ctx: click.Context, before: datetime, statuses: tuple[str, ...], yes: 
         return
     if not yes:
         click.confirm(
-            f"Delete {count} runs started before {fmt_time(before)} UTC "
+            f"Delete {_count(count, 'run')} started before {fmt_time(before)} UTC "
             f"(status {', '.join(chosen)}) and their events?",
             abort=True,
         )
     deleted = store.purge(before, chosen)
-    click.echo(f"deleted {deleted} runs")
-
-
-@cli.command()
-@click.argument("run", required=False)
-@click.option("--all", "all_runs", is_flag=True, help="Verify every run.")
-@json_option
-@db_option
-@click.pass_context
-def verify(ctx: click.Context, run: str | None, all_runs: bool, as_json: bool, db: str | None) -> None:
-    """Check hash chains; exit status 1 when one is broken."""
-    if bool(run) == all_runs:
-        raise click.UsageError("give a RUN or --all (not both)")
-    store = _open(ctx, db)
-    one = resolve_run(store, run) if run else None
-    if one is not None:
-        results = [store.verify(one.run_id)]
-    else:
-        results = (store.verify(r.run_id) for r in store.iter_runs())
-    broken = 0
-    checked = 0
-    records = []
-    for result in results:
-        checked += 1
-        if not result.ok:
-            broken += 1
-        if as_json:
-            records.append(
-                {
-                    "run_id": result.run_id,
-                    "ok": result.ok,
-                    "events": result.events,
-                    "broken_sequence": result.broken_sequence,
-                    "reason": result.reason,
-                }
-            )
-        elif not result.ok:
-            where = "" if result.broken_sequence is None else f" at sequence {result.broken_sequence}"
-            click.echo(f"BROKEN run {visible(result.run_id)}{where}: {visible(result.reason)}")
-        elif one is not None:
-            sealed = ", row sealed" if one.status.is_terminal else " (running: its row is sealed when it ends)"
-            click.echo(f"ok: run {visible(result.run_id)}, {result.events} events, chain intact{sealed}")
-    if as_json:
-        _print_json(records if all_runs else records[0])
-    elif all_runs:
-        click.echo(f"verified {checked} runs: {checked - broken} intact, {broken} broken")
-    if broken:
-        ctx.exit(1)
+    click.echo(f"deleted {_count(deleted, 'run')}")
 
 
 @cli.command()
@@ -349,10 +426,11 @@ def verify(ctx: click.Context, run: str | None, all_runs: bool, as_json: bool, d
 @json_option
 @db_option
 @click.pass_context
-def stats(ctx: click.Context, by: str, as_json: bool, db: str | None, **filters: Any) -> None:
-    """Runs, failure rate, tokens and cost, grouped."""
+def stats(ctx: click.Context, /, by: str, as_json: bool, db: str | None, **filters: Any) -> None:
+    """Runs, failure rate, tokens, cost and time percentiles, grouped."""
     store = _open(ctx, db)
-    rows = store.summary(by, _filter(**filters))
+    flt = _filter(store, **filters)
+    rows = store.summary(by, flt)
     if as_json:
         _print_json(rows)
         return
@@ -360,25 +438,37 @@ def stats(ctx: click.Context, by: str, as_json: bool, db: str | None, **filters:
     if not rows:
         out.print("no runs match", style="dim")
         return
-    out.print(stats_table(rows, by))
+    total = store.summary_total(flt) if len(rows) > 1 else None
+    table, left_out = stats_table(rows, by, total, width=out.width)
+    out.print(table)
+    if left_out:
+        out.print(left_out_note(left_out, out.width), style="dim")
 
 
 @cli.command()
-@click.option("--stale-after", type=StaleAfter(), required=True,
-              help="Mark running runs with no event for this long: 30m, 2h, 1d.")
+@click.option("--stale-after", type=StaleAfter(), default=None,
+              help="Also mark running runs (any host) with no event for this long: 30m, 2h, 1d.")
 @db_option
 @click.pass_context
-def reap(ctx: click.Context, stale_after: timedelta, db: str | None) -> None:
-    """Mark silent `running` runs (any host) abandoned."""
-    store = _open(ctx, db)
-    marked = store.reap(stale_after)
+def reap(ctx: click.Context, stale_after: timedelta | None, db: str | None) -> None:
+    """Mark runs of dead local processes, and silent `running` runs, abandoned."""
+    store = _open(ctx, db, write=True)  # opening for writing marks the dead local ones
+    marked = list(getattr(store, "recovered", ())) + _fleet.reap_leases(store)  # leases: on a server
+    if stale_after is not None:
+        marked += store.reap(stale_after)
     for run_id in marked:
         click.echo(f"abandoned {visible(run_id)}")
-    click.echo(f"marked {len(marked)} runs abandoned")
+    click.echo(f"marked {_count(len(marked), 'run')} abandoned")
 
 
-def _fields(flt: RunFilter) -> dict[str, Any]:
-    return {name: getattr(flt, name) for name in RunFilter.__dataclass_fields__}
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
+cli.add_command(_ui.ui)
+_checkpoints.register(cli)
+_integrity.register(cli)
+_fleet.register(cli)
 
 
 def iter_commands() -> Iterator[tuple[str, click.Command]]:

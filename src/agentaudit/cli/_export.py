@@ -3,15 +3,22 @@
 Memory stays constant in the number of runs: runs are walked a page at a time and
 each record is written as soon as it is read. A progress bar goes to stderr when
 stderr is a terminal.
+
+Exports get read raw (``head``, ``less``, a spreadsheet), and recorded text is
+untrusted: JSON escapes every control, bidi and separator character (``\\u202e``,
+exact either way), CSV shows them as visible escapes (``\\x1b``) and defuses cells
+a spreadsheet would run as formulas.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -20,7 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .._model import RunFilter
 from ..stores.sqlite import SQLiteStore
-from .render import event_json, run_json
+from ._terminal import json_safe, visible
+from .render import event_json, json_text, run_json
 
 __all__ = ["EVENT_FIELDS", "RUN_FIELDS", "export"]
 
@@ -34,19 +42,49 @@ EVENT_FIELDS = ["run_id", "sequence", "event_type", "created_at", "payload", "pr
 
 @contextlib.contextmanager
 def _open_output(output: str) -> Iterator[IO[str]]:
+    """Where the records go. A file is written beside its final name and renamed
+    into place once complete, so a failed export never leaves half a file (nor
+    clobbers the one that was there); a device or pipe (``/dev/stdout``) is written
+    as it is. Raises OSError (the command reports it in one line)."""
     if output == "-":
         yield sys.stdout
         return
+    if os.path.isdir(output):
+        raise IsADirectoryError(errno.EISDIR, "is a directory (give a file name)", output)
+    if os.path.exists(output) and not os.path.isfile(output):
+        with open(output, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+        return
     # An export holds prompts and tool results: readable by its owner only, like the db.
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w", encoding="utf-8", newline="") as handle:
-        yield handle
+    fd, partial = tempfile.mkstemp(prefix=".agentaudit-export-", dir=os.path.dirname(os.path.abspath(output)))
+    try:
+        with open(fd, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+        os.replace(partial, output)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+# A cell a spreadsheet would run as a formula (=HYPERLINK(...), +cmd|...) starts with
+# one of these: such recorded text is written with a leading apostrophe, as OWASP
+# advises, so that opening the export never runs what an agent recorded.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _cell(value: Any) -> Any:
+    """A CSV cell: JSON for structures (control characters as JSON escapes), recorded
+    text with control characters as visible escapes (``\\x1b``) and formulas defused;
+    numbers as they are."""
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
-    return "" if value is None else value
+        return json_safe(json.dumps(value, ensure_ascii=False, sort_keys=True))
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        text = visible(value, multiline=True)
+        return "'" + text if text.startswith(_FORMULA_START) else text
+    return value
 
 
 def export(store: SQLiteStore, flt: RunFilter, *, fmt: str, output: str, per_event: bool) -> int:
@@ -74,7 +112,7 @@ def export(store: SQLiteStore, flt: RunFilter, *, fmt: str, output: str, per_eve
                 if writer is not None:
                     writer.writerow({key: _cell(record.get(key)) for key in fields})
                 else:
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    handle.write(json_text(record) + "\n")
                 written += 1
             advance()
         handle.flush()

@@ -6,13 +6,23 @@ from __future__ import annotations
 import os
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ._terminal import visible
 
-__all__ = ["DB_ENV", "DEFAULT_DB", "CliError", "Moment", "StaleAfter", "parse_duration", "parse_moment"]
+__all__ = [
+    "DB_ENV",
+    "DEFAULT_DB",
+    "CliError",
+    "Moment",
+    "StaleAfter",
+    "open_reader",
+    "open_writer",
+    "parse_duration",
+    "parse_moment",
+]
 
 DB_ENV = "AGENTAUDIT_DB"
 DEFAULT_DB = "agentaudit.db"
@@ -61,7 +71,14 @@ def parse_moment(text: str, *, now: datetime | None = None) -> datetime:
     return moment
 
 
-class Moment(click.ParamType):
+if TYPE_CHECKING:  # generic in click's newer stubs, and not subscriptable in click 8.1
+    _MomentType = click.ParamType[datetime]
+    _DurationType = click.ParamType[timedelta]
+else:
+    _MomentType = _DurationType = click.ParamType
+
+
+class Moment(_MomentType):
     """A point in time: ``2h`` / ``7d`` ago, or a date."""
 
     name = "WHEN"
@@ -75,7 +92,7 @@ class Moment(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class StaleAfter(click.ParamType):
+class StaleAfter(_DurationType):
     """A positive duration: ``30m``, ``2h``, ``1d``."""
 
     name = "DURATION"
@@ -91,3 +108,30 @@ class StaleAfter(click.ParamType):
 
 def resolve_db(path: str | None) -> str:
     return path or os.environ.get(DB_ENV) or DEFAULT_DB
+
+
+def open_reader(ctx: click.Context, db: str | None) -> Any:
+    """The database a read command reads: opened read-only, so looking never changes
+    the file (no migration, no marking of dead runs). Closed with the command."""
+    return _open(ctx, db, read_only=True)
+
+
+def open_writer(ctx: click.Context, db: str | None) -> Any:
+    """The database a write command (purge, delete, reap) changes: it must exist
+    and be an agentaudit database already; it is upgraded if older."""
+    return _open(ctx, db, read_only=False)
+
+
+def _open(ctx: click.Context, db: str | None, *, read_only: bool) -> Any:
+    from ..stores import open_store
+    from ..stores.sqlite import SQLiteStore
+
+    path = db or (ctx.find_root().obj or {}).get("db") or DEFAULT_DB
+    if "://" in path:
+        store = open_store(path, read_only=read_only)
+    elif read_only:
+        store = SQLiteStore(path, read_only=True)
+    else:
+        store = SQLiteStore(path, create=False)
+    ctx.call_on_close(store.close)
+    return store

@@ -29,7 +29,7 @@ import re
 import unicodedata
 from functools import lru_cache
 
-__all__ = ["visible"]
+__all__ = ["json_safe", "visible"]
 
 # Anything that is not printable ASCII is looked at; runs of it that Python calls
 # printable (ordinary non-ASCII text) are passed through at C speed.
@@ -82,3 +82,28 @@ def visible(text: object, *, multiline: bool = False) -> str:
     if multiline:
         return _SUSPECT.sub(_block, _CRLF.sub("\n", text))
     return _SUSPECT.sub(_one_line, text)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    run = match.group()
+    if run.isprintable():
+        return run
+    out = []
+    for char in run:
+        if char == "\n" or _escape(char) == char:  # a newline here is the layout's own
+            out.append(char)
+        elif ord(char) <= 0xFFFF:
+            out.append(f"\\u{ord(char):04x}")
+        else:  # as JSON writes a character beyond the BMP: a surrogate pair
+            high, low = divmod(ord(char) - 0x10000, 0x400)
+            out.append(f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}")
+    return "".join(out)
+
+
+def json_safe(text: str) -> str:
+    """JSON text (as `json.dumps` writes it, ASCII or not) with every character a
+    terminal would act on or hide written as a ``\\uXXXX`` escape: C1 controls, DEL,
+    bidi controls such as U+202E, other format characters, U+2028 and U+2029 (JSON
+    itself escapes only those below U+0020). The value it encodes is unchanged:
+    such characters occur only inside strings, where the escape means the same."""
+    return _SUSPECT.sub(_json_escape, text)

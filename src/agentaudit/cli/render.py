@@ -12,11 +12,13 @@ prompt prints as typed.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -24,16 +26,20 @@ from rich.text import Text
 from .._errors import RunNotFoundError
 from .._model import Event, Run, RunStatus
 from ..stores._protocol import Store
-from ._terminal import visible
+from ._terminal import json_safe, visible
 
 __all__ = [
+    "SORT_KEYS",
     "event_json",
     "event_line",
+    "json_text",
+    "left_out_note",
     "render_run",
     "resolve_run",
     "run_json",
     "run_model",
     "runs_table",
+    "short_ids",
     "show_json",
     "stats_table",
 ]
@@ -48,6 +54,8 @@ STATUS_STYLE = {
     RunStatus.ABANDONED: "bold magenta",
 }
 _SHORT_ID = 8
+# `--sort` names, and the RunFilter order each stands for.
+SORT_KEYS = {"start": "started_at", "duration": "duration", "tokens": "tokens", "cost": "cost"}
 _TAIL_DETAIL = 300  # cells of an event's detail on a `tail` line
 
 
@@ -55,8 +63,19 @@ _TAIL_DETAIL = 300  # cells of an event's detail on a `tail` line
 
 
 def short_id(run_id: str) -> str:
-    """Long ids (UUIDs) shortened like git hashes; ``show`` takes any unique prefix."""
+    """A long id (a UUID) cut to 8 characters, when the store cannot say how much
+    of it tells it apart (see `short_ids`)."""
     return run_id if len(run_id) <= 12 else run_id[:_SHORT_ID]
+
+
+def short_ids(store: Store, run_ids: Iterable[str]) -> dict[str, str]:
+    """Each id as the command shows it: the shortest prefix no other stored id
+    shares (at least 8 characters), on stores that can tell; ``show`` takes it back."""
+    ids = list(run_ids)
+    shorten = getattr(store, "short_run_ids", None)
+    if shorten is not None:
+        return dict(shorten(ids))
+    return {run_id: short_id(run_id) for run_id in ids}
 
 
 def fmt_time(moment: datetime | None) -> str:
@@ -96,9 +115,19 @@ def fmt_int(value: int | None) -> str:
 
 
 def fmt_cost(value: float | None) -> str:
+    """Dollars: cents from $1 up; below, 4 decimals, or as many as the first two
+    significant digits need ($0.00001, $0.000012), so a real cost never shows as 0."""
     if value is None:
         return "—"
-    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+    if value >= 1:
+        return f"${value:,.2f}"
+    if value == 0:
+        return "$0"
+    decimals = max(4, min(12, 1 - math.floor(math.log10(value))))
+    text = f"{value:.{decimals}f}"
+    if decimals > 4:
+        text = text.rstrip("0")
+    return "$" + text
 
 
 def fmt_rate(value: float | None) -> str:
@@ -123,6 +152,18 @@ def recorded(value: Any, style: str = "", *, multiline: bool = False) -> Text:
 # -- JSON forms ----------------------------------------------------------------------
 
 
+def json_text(value: Any, *, indent: int | None = None) -> str:
+    """``value`` as JSON for a terminal or a file: UTF-8 text, with every control,
+    bidi and separator character escaped (see `json_safe`)."""
+    return json_safe(json.dumps(value, ensure_ascii=False, indent=indent, default=str))
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    # Sums of floats print as 1.0410000000000001: costs are kept to 1e-9 dollars,
+    # durations to the microsecond.
+    return None if value is None else round(value, digits)
+
+
 def run_json(run: Run, *, model: str | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "run_id": run.run_id,
@@ -132,7 +173,7 @@ def run_json(run: Run, *, model: str | None = None) -> dict[str, Any]:
         "status": run.status.value,
         "started_at": run.started_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "duration_ms": run.duration_ms,
+        "duration_ms": _rounded(run.duration_ms, 3),
         "input": run.input,
         "output": run.output,
         "error": run.error,
@@ -141,7 +182,7 @@ def run_json(run: Run, *, model: str | None = None) -> dict[str, Any]:
         "input_tokens": run.input_tokens,
         "output_tokens": run.output_tokens,
         "thinking_tokens": run.thinking_tokens,
-        "cost_usd": run.cost_usd,
+        "cost_usd": _rounded(run.cost_usd, 9),
         "metadata": run.metadata,
         "host": run.host,
         "pid": run.pid,
@@ -253,11 +294,12 @@ def event_detail(event: Event, *, multiline: bool = True) -> Text:
     return recorded(json.dumps(p, ensure_ascii=False, sort_keys=True))
 
 
-def event_line(event: Event) -> Text:
-    """One event as a single line, for ``agentaudit tail``."""
+def event_line(event: Event, shown_id: str | None = None) -> Text:
+    """One event as a single line, for ``agentaudit tail``; ``shown_id``: its run's
+    id as `short_ids` shortens it."""
     line = Text()
     line.append(fmt_time(event.created_at), style="dim")
-    line.append(f" {visible(short_id(event.run_id))}", style="bold")
+    line.append(f" {visible(shown_id or short_id(event.run_id))}", style="bold")
     line.append(f" #{event.sequence} ", style="dim")
     line.append(f"{visible(event.event_type):<12}", style=_type_style(event.event_type))
     line.append(" ")
@@ -376,67 +418,133 @@ def _children_table(children: list[Run]) -> Table:
 # -- lists -------------------------------------------------------------------------------
 
 
-def runs_table(runs: list[Run], models: Mapping[str, str] | None = None) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    table.add_column("id", no_wrap=True, style="bold")
-    table.add_column("name")
-    table.add_column("caller")
-    table.add_column("status", no_wrap=True)
-    table.add_column("started (UTC)", no_wrap=True)
-    table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("steps", justify="right")
-    table.add_column("tools", justify="right")
-    table.add_column("tokens", justify="right")
-    table.add_column("cost", justify="right")
-    if models:
-        table.add_column("model")
+# Which columns `runs` keeps when the terminal is narrow, most wanted first; they
+# print in the table's own order. A column is kept whole or left out (and named).
+_RUN_COLUMN_ORDER = ("id", "name", "caller", "status", "started (UTC)", "duration", "steps", "tools",
+                     "tokens", "cost", "model")
+_RUN_COLUMN_PRIORITY = ("id", "name", "status", "started (UTC)", "caller", "duration", "tools", "tokens",
+                        "cost", "steps", "model")
+_NUMERIC = frozenset({"duration", "steps", "tools", "tokens", "cost"})
+_GAP = 2  # cells between two columns of our fitted tables (collapsed padding and the rule)
+
+
+def runs_table(
+    runs: list[Run],
+    models: Mapping[str, str] | None = None,
+    shown_ids: Mapping[str, str] | None = None,
+    *,
+    width: int | None = None,
+) -> tuple[Table, list[str]]:
+    """The `runs` table, fitted to ``width`` cells: columns that do not fit whole are
+    left out, least wanted first (see `_RUN_COLUMN_PRIORITY`). Returns the table and
+    the names of the columns left out."""
+    rows: list[dict[str, Text]] = []
     for run in runs:
-        cells: list[Any] = [
-            recorded(short_id(run.run_id)),
-            recorded(run.name),
-            recorded(run.caller or "—"),
-            status_text(run.status),
-            fmt_time(run.started_at),
-            fmt_duration(run.duration_ms),
-            str(run.steps),
-            str(run.tool_calls),
-            fmt_int(run.input_tokens + run.output_tokens),
-            fmt_cost(run.cost_usd),
-        ]
+        cells = {
+            "id": recorded((shown_ids or {}).get(run.run_id) or short_id(run.run_id)),
+            "name": recorded(run.name),
+            "caller": recorded(run.caller or "—"),
+            "status": status_text(run.status),
+            "started (UTC)": Text(fmt_time(run.started_at)),
+            "duration": Text(fmt_duration(run.duration_ms)),
+            "steps": Text(str(run.steps)),
+            "tools": Text(str(run.tool_calls)),
+            "tokens": Text(fmt_int(run.input_tokens + run.output_tokens)),
+            "cost": Text(fmt_cost(run.cost_usd)),
+        }
         if models:
-            cells.append(recorded(models.get(run.run_id, "") or "—"))
-        table.add_row(*cells)
-    return table
-
-
-def stats_table(rows: list[dict[str, Any]], by: str) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, show_footer=len(rows) > 1)
-    totals = _totals(rows)
-    table.add_column(by, footer="total", no_wrap=True)
-    numeric = [
-        ("runs", "runs", fmt_int),
-        ("failed", "failed", fmt_int),
-        ("failure rate", "failure_rate", fmt_rate),
-        ("input tokens", "input_tokens", fmt_int),
-        ("output tokens", "output_tokens", fmt_int),
-        ("thinking", "thinking_tokens", fmt_int),
-        ("cost", "cost_usd", fmt_cost),
-    ]
-    for title, key, fmt in numeric:
-        table.add_column(title, justify="right", footer=fmt(totals[key]))
+            cells["model"] = recorded(models.get(run.run_id, "") or "—")
+        rows.append(cells)
+    wanted = [name for name in _RUN_COLUMN_PRIORITY if name != "model" or models]
+    needed = {name: max([len(name), *(row[name].cell_len for row in rows)]) for name in wanted}
+    chosen, left_out = _fit(wanted, needed, width, keep=("id", "name", "status"))
+    years = {run.started_at.astimezone(timezone.utc).year for run in runs}
+    if left_out and len(years) == 1:  # narrow: the start without its year
+        for row, run in zip(rows, runs, strict=True):
+            row["started (UTC)"] = Text(fmt_time(run.started_at)[5:])
+        needed["started (UTC)"] = len("started (UTC)")
+        chosen, left_out = _fit(wanted, needed, width, keep=("id", "name", "status"))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    columns = [name for name in _RUN_COLUMN_ORDER if name in chosen]
+    room = None if width is None else width - sum(needed[c] + _GAP for c in columns if c != "name")
+    for name in columns:
+        if name == "name":  # the one column that may give way when even the kept ones do not fit
+            table.add_column(name, overflow="ellipsis", no_wrap=True,
+                             max_width=None if room is None else max(8, min(needed[name], room)))
+        else:
+            table.add_column(name, no_wrap=True, justify="right" if name in _NUMERIC else "left",
+                             style="bold" if name == "id" else None, min_width=needed[name])
     for row in rows:
-        label = row[by] if row[by] not in (None, "") else "(none)"
-        table.add_row(recorded(label), *(fmt(row[key]) for _t, key, fmt in numeric))
-    return table
+        table.add_row(*(row[name] for name in columns))
+    return table, left_out
 
 
-def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    total: dict[str, Any] = {
-        key: sum(row[key] for row in rows)
-        for key in ("runs", "failed", "input_tokens", "output_tokens", "thinking_tokens")
+def _fit(
+    wanted: list[str], needed: Mapping[str, int], width: int | None, *, keep: Iterable[str]
+) -> tuple[set[str], list[str]]:
+    """The columns (by priority) that fit ``width`` whole, and those left out."""
+    chosen = set(keep)
+    used = sum(needed[name] for name in chosen) + _GAP * (len(chosen) - 1)
+    left_out = []
+    for name in wanted:
+        if name in chosen:
+            continue
+        if width is None or used + _GAP + needed[name] <= width:
+            chosen.add(name)
+            used += _GAP + needed[name]
+        else:
+            left_out.append(name)
+    return chosen, left_out
+
+
+def left_out_note(left_out: list[str], width: int) -> str:
+    return f"not shown at {width} columns: {', '.join(left_out)} (widen the terminal, or use --json)"
+
+
+# `stats` columns in the table's order: title, key, format; and which to keep first.
+_STATS_COLUMNS: tuple[tuple[str, str, Any], ...] = (
+    ("runs", "runs", fmt_int),
+    ("failed", "failed", fmt_int),
+    ("failure rate", "failure_rate", fmt_rate),
+    ("input tokens", "input_tokens", fmt_int),
+    ("output tokens", "output_tokens", fmt_int),
+    ("thinking", "thinking_tokens", fmt_int),
+    ("cost", "cost_usd", fmt_cost),
+    ("p50 time", "duration_p50_ms", fmt_duration),
+    ("p95 time", "duration_p95_ms", fmt_duration),
+    ("p50 step", "step_p50_ms", fmt_duration),
+    ("p95 step", "step_p95_ms", fmt_duration),
+    ("p50 tool", "tool_p50_ms", fmt_duration),
+    ("p95 tool", "tool_p95_ms", fmt_duration),
+)
+_STATS_PRIORITY = ("runs", "failed", "failure rate", "cost", "p50 time", "p95 time", "input tokens",
+                   "output tokens", "p50 step", "p95 step", "p50 tool", "p95 tool", "thinking")
+
+
+def stats_table(
+    rows: list[dict[str, Any]], by: str, total: Mapping[str, Any] | None = None, *, width: int | None = None
+) -> tuple[Table, list[str]]:
+    """The `stats` table with a total row (when given), fitted to ``width`` cells:
+    numbers are never cut; columns that do not fit are left out, least wanted first.
+    Returns the table and the titles of the columns left out."""
+    labels = [recorded(row[by] if row[by] not in (None, "") else "(none)") for row in rows]
+    cells = {title: [fmt(row.get(key)) for row in rows] for title, key, fmt in _STATS_COLUMNS}
+    footers = {title: fmt(total.get(key)) for title, key, fmt in _STATS_COLUMNS} if total else {}
+    needed = {
+        title: max(len(title), *(cell_len(c) for c in cells[title]), cell_len(footers.get(title, "")))
+        for title, _key, _fmt in _STATS_COLUMNS
     }
-    finished = sum(row.get("finished", 0) for row in rows)
-    total["failure_rate"] = total["failed"] / finished if finished else None
-    priced = [row["cost_usd"] for row in rows if row["cost_usd"] is not None]
-    total["cost_usd"] = sum(priced) if priced else None
-    return total
+    needed[by] = min(max(len(by), 5, *(label.cell_len for label in labels)), 30)
+    chosen, left_out = _fit([by, *_STATS_PRIORITY], needed, width, keep=(by,))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+                  show_footer=total is not None)
+    columns = [title for title, _key, _fmt in _STATS_COLUMNS if title in chosen]
+    room = None if width is None else width - sum(needed[c] + _GAP for c in columns)
+    table.add_column(by, footer="total", overflow="ellipsis", no_wrap=True,
+                     max_width=None if room is None else max(8, min(needed[by], room)))
+    for title in columns:
+        table.add_column(title, justify="right", no_wrap=True, min_width=needed[title],
+                         footer=footers.get(title, ""))
+    for i, label in enumerate(labels):
+        table.add_row(label, *(cells[title][i] for title in columns))
+    return table, left_out

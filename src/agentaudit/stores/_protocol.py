@@ -17,7 +17,7 @@ __all__ = ["BatchingStore", "Store"]
 class Store(Protocol):
     """What a store must do. ``agentaudit.testing.StoreConformance`` checks it.
 
-    Write side, called by :class:`agentaudit.Writer` (events travel one way: the
+    Write side, called by [`agentaudit.Writer`][agentaudit.Writer] (events travel one way: the
     Writer hands the store sealed events and never hears back from the store's own
     threads):
 
@@ -34,7 +34,7 @@ class Store(Protocol):
     - ``flush`` waits until everything appended so far is durable; ``close`` flushes
       and releases the store.
 
-    Two optional methods let a store do better (see :class:`BatchingStore`):
+    Two optional methods let a store do better (see [`BatchingStore`][agentaudit.stores.BatchingStore]):
     ``append_events`` takes a hook's events in one call, all or none;
     ``submit_finish`` starts the finish and returns a future, so the Writer needs no
     thread of its own to bound its wait. The Writer uses one only when the class that
@@ -83,13 +83,13 @@ class Store(Protocol):
 
 @runtime_checkable
 class BatchingStore(Protocol):
-    """The optional write methods a store may add to :class:`Store`.
+    """The optional write methods a store may add to [`Store`][agentaudit.Store].
 
     - ``append_events`` takes the sealed events of one hook (a ``tool_call`` and its
       ``tool_result``, say), of one run and in sequence order, all or none. The same
       rules as ``append_log``: on the agent's thread, never waiting long, raising
       when it did not take them (the chain then stays where it was). Raising
-      :class:`agentaudit.CommitTimeout` instead says "taken, not yet durable": the
+      [`agentaudit.CommitTimeout`][agentaudit.CommitTimeout] instead says "taken, not yet durable": the
       events stay queued and land later.
     - ``submit_finish`` queues the run's finish and returns at once with a future
       that settles when the run and all its events are durable, or with the reason

@@ -9,11 +9,13 @@ read back is the one the hash chain was computed over, to the microsecond.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from .._model import Event, Run, RunStats
-from .._serialize import canonical_json, clean_str, safe_text
+from .._chain import utc_text
+from .._model import Event, Run, RunStats, RunStatus
+from .._serialize import canonical_json, safe_text
+from .._verify import record_of_run
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -35,14 +37,14 @@ __all__ = [
 RUN_COLUMNS = (
     "run_id, name, caller, parent_run_id, status, started_at, finished_at, input, output, "
     "error, tool_calls, steps, input_tokens, output_tokens, thinking_tokens, cost_usd, "
-    "metadata, host, pid"
+    "metadata, host, pid, key_id, salt"
 )
-EVENT_COLUMNS = "run_id, sequence, event_type, payload, created_at, prev_hash, hash"
+EVENT_COLUMNS = "run_id, sequence, event_type, payload, created_at, prev_hash, hash, salt"
 
-INSERT_RUN = f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+INSERT_RUN = f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 21)})"
 # A run whose start and finish are written in one batch: its final row, sealed.
-INSERT_FINISHED_RUN = f"INSERT INTO runs ({RUN_COLUMNS}, model, seal) VALUES ({', '.join('?' * 21)})"
-INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+INSERT_FINISHED_RUN = f"INSERT INTO runs ({RUN_COLUMNS}, model, seal) VALUES ({', '.join('?' * 23)})"
+INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 UPDATE_FINISH = (
     "UPDATE runs SET status = ?, finished_at = ?, output = ?, error = ?, tool_calls = ?, "
     "steps = ?, input_tokens = ?, output_tokens = ?, thinking_tokens = ?, cost_usd = ? "
@@ -57,7 +59,7 @@ def format_ts(value: datetime) -> str:
 
 def utc_ts(value: datetime) -> str:
     """``value`` in UTC as stored (run times, filter bounds): text order is time order."""
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return utc_text(value)
 
 
 def parse_ts(text: str) -> datetime:
@@ -76,11 +78,12 @@ def event_row(event: Event, created_text: str | None = None) -> tuple[Any, ...]:
         created_text or format_ts(event.created_at),
         event.prev_hash,
         event.hash,
+        event.salt,
     )
 
 
 def event_from_row(row: tuple[Any, ...]) -> Event:
-    run_id, sequence, event_type, payload, created_at, prev_hash, hash_ = row
+    run_id, sequence, event_type, payload, created_at, prev_hash, hash_, salt = row
     return Event(
         run_id=run_id,
         sequence=sequence,
@@ -90,36 +93,18 @@ def event_from_row(row: tuple[Any, ...]) -> Event:
         prev_hash=prev_hash,
         hash=hash_,
         payload_json=payload,
+        salt=salt,
     )
 
 
 def run_row(run: Run) -> tuple[Any, ...]:
-    return (
-        clean_str(run.run_id),
-        clean_str(run.name),
-        clean_str(run.caller or ""),
-        clean_str(run.parent_run_id) if run.parent_run_id else None,
-        run.status.value,
-        utc_ts(run.started_at),
-        utc_ts(run.finished_at) if run.finished_at is not None else None,
-        safe_text(run.input),
-        safe_text(run.output),
-        safe_text(run.error),
-        run.tool_calls,
-        run.steps,
-        run.input_tokens,
-        run.output_tokens,
-        run.thinking_tokens,
-        run.cost_usd,
-        canonical_json(run.metadata or {}),
-        clean_str(run.host or ""),
-        run.pid,
-    )
+    """The values of `RUN_COLUMNS` (the one stored form, `_verify.record_of_run`)."""
+    return tuple(record_of_run(run))[:21]
 
 
 def finish_row(run_id: str, stats: RunStats, finished_at: datetime) -> tuple[Any, ...]:
     return (
-        stats.status.value,  # type: ignore[union-attr]  # RunStats parses it to RunStatus
+        RunStatus.parse(stats.status).value,
         utc_ts(finished_at),
         safe_text(stats.output),
         safe_text(stats.error),
@@ -154,6 +139,8 @@ def run_from_row(row: tuple[Any, ...]) -> Run:
         metadata,
         host,
         pid,
+        key_id,
+        salt,
     ) = row
     return Run(
         run_id=run_id,
@@ -175,4 +162,6 @@ def run_from_row(row: tuple[Any, ...]) -> Run:
         metadata=json.loads(metadata) if metadata else {},
         host=host,
         pid=pid,
+        key_id=key_id,
+        salt=salt,
     )

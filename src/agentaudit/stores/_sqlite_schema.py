@@ -18,6 +18,7 @@ from ._sqlite_seal import reseal
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
+    "DURATION_US",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "connect",
@@ -123,23 +124,176 @@ def _v3_run_seals(conn: sqlite3.Connection) -> None:
 
 
 def _v4_integrity(conn: sqlite3.Connection) -> None:
-    # Filled in by the integrity work (keyed chain, checkpoints, erasure, holds).
-    pass
+    # Chain v2 (see _chain): the id of the key a run is sealed with ('' unkeyed) and
+    # the salts its content digests use ('' for runs written before: they stay v1).
+    _run_script(
+        conn,
+        """
+        ALTER TABLE runs ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
+        ALTER TABLE runs ADD COLUMN salt TEXT NOT NULL DEFAULT '';
+        ALTER TABLE events ADD COLUMN salt TEXT NOT NULL DEFAULT '';
+        """,
+    )
+
+
+# The text an event is found by: every string value in its payload (a step's text and
+# model, a tool's name, arguments and result, an error's message, a custom event's
+# strings), whatever its keys are called. A payload that is not JSON (a hand edit) is
+# taken as it stands rather than failing the statement that touches it.
+def _event_text(row: str) -> str:
+    return (
+        f"coalesce(CASE WHEN json_valid({row}.payload) THEN (SELECT group_concat(value, ' ') "
+        f"FROM json_tree({row}.payload) WHERE type = 'text') ELSE {row}.payload END, '')"
+    )
+
+
+def _run_text(row: str) -> str:
+    return f"({row}.input || ' ' || {row}.output || ' ' || {row}.error)"
 
 
 def _v5_search(conn: sqlite3.Connection) -> None:
-    # Filled in by the search work (FTS5 over run and event text).
-    pass
+    # Full-text search (RunFilter(text=...), `agentaudit search`) over each run's input,
+    # output and error and over its events' text, with SQLite's FTS5. The index is
+    # contentless (the file does not hold the text twice) and keeps no positions
+    # (detail=none: a search is words and word prefixes, never phrases), which keeps
+    # the writer's cost per event small. Triggers keep it in step
+    # with every insert, update and delete, whoever makes it: the writer thread, reap,
+    # purge, delete, erase, a hand edit. An event is keyed by events.id; a run by a key
+    # of its own in run_search_keys (runs' implicit rowids may change on VACUUM),
+    # negated so that both share one index. Rows written before this version are
+    # indexed here. Also: indexes for the filters `runs --model`, `--errors` and
+    # `--min-cost`, partial like v2's, so that runs without a model, without an error
+    # or without a cost are not written to them. Also: one index per sort order
+    # (`--sort cost|duration|tokens`), on the value then the start, which serves
+    # either direction; queries state each expression and condition exactly as here
+    # (see _SORT_KEYS in sqlite.py), and list runs without a value after, by the start.
+    failing = "status IN ('failed', 'timeout', 'abandoned')"
+    new_key = "(SELECT key FROM run_search_keys WHERE run_id = new.run_id)"
+    old_key = "(SELECT key FROM run_search_keys WHERE run_id = old.run_id)"
+    statements = [
+        """CREATE VIRTUAL TABLE run_search USING fts5 (
+               body, content = '', detail = none, columnsize = 0,
+               tokenize = 'unicode61 remove_diacritics 2')""",
+        "CREATE TABLE run_search_keys (key INTEGER PRIMARY KEY, run_id TEXT NOT NULL UNIQUE)",
+        "INSERT INTO run_search_keys (run_id) SELECT run_id FROM runs ORDER BY rowid",
+        f"""INSERT INTO run_search (rowid, body)
+               SELECT -k.key, {_run_text("r")} FROM runs AS r JOIN run_search_keys AS k USING (run_id)""",
+        f"INSERT INTO run_search (rowid, body) SELECT e.id, {_event_text('e')} FROM events AS e",
+        f"""CREATE TRIGGER run_search_run_insert AFTER INSERT ON runs BEGIN
+               INSERT OR IGNORE INTO run_search_keys (run_id) VALUES (new.run_id);
+               INSERT INTO run_search (rowid, body) VALUES (-{new_key}, {_run_text("new")});
+           END""",
+        f"""CREATE TRIGGER run_search_run_update AFTER UPDATE OF input, output, error ON runs
+           WHEN old.input IS NOT new.input OR old.output IS NOT new.output OR old.error IS NOT new.error
+           BEGIN
+               INSERT INTO run_search (run_search, rowid, body)
+                   VALUES ('delete', -{old_key}, {_run_text("old")});
+               INSERT INTO run_search (rowid, body) VALUES (-{new_key}, {_run_text("new")});
+           END""",
+        """CREATE TRIGGER run_search_run_rename AFTER UPDATE OF run_id ON runs BEGIN
+               UPDATE run_search_keys SET run_id = new.run_id WHERE run_id = old.run_id;
+           END""",
+        f"""CREATE TRIGGER run_search_run_delete AFTER DELETE ON runs BEGIN
+               INSERT INTO run_search (run_search, rowid, body)
+                   VALUES ('delete', -{old_key}, {_run_text("old")});
+               DELETE FROM run_search_keys WHERE run_id = old.run_id;
+           END""",
+        f"""CREATE TRIGGER run_search_event_insert AFTER INSERT ON events BEGIN
+               INSERT INTO run_search (rowid, body) VALUES (new.id, {_event_text("new")});
+           END""",
+        f"""CREATE TRIGGER run_search_event_update AFTER UPDATE OF payload ON events
+           WHEN old.payload IS NOT new.payload
+           BEGIN
+               INSERT INTO run_search (run_search, rowid, body)
+                   VALUES ('delete', old.id, {_event_text("old")});
+               INSERT INTO run_search (rowid, body) VALUES (new.id, {_event_text("new")});
+           END""",
+        f"""CREATE TRIGGER run_search_event_delete AFTER DELETE ON events BEGIN
+               INSERT INTO run_search (run_search, rowid, body)
+                   VALUES ('delete', old.id, {_event_text("old")});
+           END""",
+        "CREATE INDEX runs_model ON runs (model, started_at) WHERE model != ''",
+        f"CREATE INDEX runs_errors ON runs (started_at) WHERE (error != '' OR {failing})",
+        "CREATE INDEX runs_cost ON runs (cost_usd, started_at) WHERE cost_usd IS NOT NULL",
+        # in whole microseconds (a difference of julianday()s, a float, orders equal
+        # durations by rounding error); the timestamps' text ends .ffffff+00:00
+        f"""CREATE INDEX runs_duration ON runs ({DURATION_US}, started_at)
+               WHERE finished_at IS NOT NULL""",
+        "CREATE INDEX runs_tokens ON runs (input_tokens + output_tokens, started_at)",
+    ]
+    for statement in statements:  # one by one: a trigger's body holds semicolons
+        conn.execute(statement)
+
+
+# A run's duration in microseconds, as the v5 index runs_duration states it (sqlite.py's
+# sorted listing states it identically, so that the index serves it).
+DURATION_US = (
+    "(strftime('%s', finished_at) - strftime('%s', started_at)) * 1000000"
+    " + substr(finished_at, 21, 6) - substr(started_at, 21, 6)"
+)
 
 
 def _v6_checkpoints(conn: sqlite3.Connection) -> None:
-    # Filled in by the checkpoint work (checkpoints, holds, purge records).
-    pass
+    # Signed checkpoints over an append-only log of entries (see agentaudit._checkpoints),
+    # legal holds, and settings such as the retention floor.
+    _run_script(
+        conn,
+        """
+        CREATE TABLE checkpoints (
+            seq         INTEGER PRIMARY KEY,       -- 1, 2, ...: the note's number
+            created_at  TEXT NOT NULL,
+            first_entry INTEGER NOT NULL,          -- log index of its first entry
+            size        INTEGER NOT NULL,          -- entries in the log after it
+            note        TEXT NOT NULL,             -- the signed note, as written to the sink
+            frontier    TEXT NOT NULL,             -- JSON: the log's compact range after it
+            exported    INTEGER NOT NULL DEFAULT 0 -- 1 once the sink took it
+        );
+        -- the log: one row per leaf, in leaf order
+        CREATE TABLE checkpoint_entries (
+            idx      INTEGER PRIMARY KEY,   -- 0-based leaf index
+            seq      INTEGER NOT NULL,      -- the checkpoint that added it
+            kind     TEXT NOT NULL,         -- sealed, head or purged
+            run_id   TEXT NOT NULL,
+            events   INTEGER NOT NULL,
+            seal     TEXT NOT NULL,
+            digest   TEXT NOT NULL
+        );
+        CREATE INDEX checkpoint_entries_run ON checkpoint_entries (run_id, kind);
+        CREATE TABLE holds (
+            run_id   TEXT PRIMARY KEY,
+            reason   TEXT NOT NULL DEFAULT '',
+            held_at  TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE settings (
+            name   TEXT PRIMARY KEY,
+            value  TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    )
 
 
 def _v7_spool(conn: sqlite3.Connection) -> None:
-    # Filled in by the fleet work (what the forwarder has shipped, the process lease).
-    pass
+    # A file used as a spool (stores/spool.py) records here what its forwarder has
+    # shipped to each server, so a restarted process or `agentaudit forward` goes on
+    # where the last one stopped. Empty, and never read, in a file that is not a spool.
+    _run_script(
+        conn,
+        """
+        CREATE TABLE spool_cursor (
+            target      TEXT PRIMARY KEY,            -- the server's URL, without password
+            run_rowid   INTEGER NOT NULL DEFAULT 0,  -- runs.rowid up to which runs are shipped
+            event_id    INTEGER NOT NULL DEFAULT 0,  -- events.id up to which events are shipped
+            shipped_at  TEXT NOT NULL DEFAULT ''     -- when the server last took a batch
+        );
+        -- runs shipped while still running (or before all their events were):
+        -- their final row is still to ship
+        CREATE TABLE spool_open_runs (
+            target  TEXT NOT NULL,
+            run_id  TEXT NOT NULL,
+            PRIMARY KEY (target, run_id)
+        ) WITHOUT ROWID;
+        """,
+    )
 
 
 MIGRATIONS: Sequence[Migration] = (
@@ -210,15 +364,32 @@ def _retry_busy(action: Callable[[], object], *, attempts: int = 50) -> object:
     raise AssertionError("unreachable")
 
 
+# SQLite's primary result codes (sqlite3 names them only from Python 3.11).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_READONLY = 8
+_SQLITE_CANTOPEN = 14
+
+
 def is_busy(exc: BaseException) -> bool:
     """Whether ``exc`` is SQLite saying another connection holds the lock."""
     if not isinstance(exc, sqlite3.OperationalError):
         return False
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
     text = str(exc)
     return "locked" in text or "busy" in text
+
+
+def needs_reopen(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection itself went bad (the file turned read-only
+    or vanished under it), so the writer must open a new one before it retries."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_READONLY, _SQLITE_CANTOPEN)
+    text = str(exc)  # Python 3.10 has no error codes on the exception
+    return "readonly" in text or "unable to open" in text
 
 
 def file_version(conn: sqlite3.Connection) -> int:

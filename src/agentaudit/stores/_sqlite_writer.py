@@ -39,7 +39,9 @@ from datetime import datetime
 from typing import Any
 
 from .._errors import RunNotFoundError, StoreError
+from .._keys import Keyring
 from .._model import Event, Run, RunStats
+from .._verify import record_of_run, seal_of
 from ..payloads import MODEL, RESOLVED_MODEL
 from ._sqlite_rows import (
     INSERT_EVENT,
@@ -51,8 +53,8 @@ from ._sqlite_rows import (
     format_ts,
     run_row,
 )
-from ._sqlite_schema import is_busy
-from ._sqlite_seal import reseal, run_seal
+from ._sqlite_schema import is_busy, needs_reopen
+from ._sqlite_seal import seal_run
 
 __all__ = ["COMMIT_DELAY", "SQLiteWriter"]
 
@@ -148,8 +150,10 @@ class SQLiteWriter:
         commit_delay: float = COMMIT_DELAY,
         connection: sqlite3.Connection | None = None,
         on_start: Callable[[], None] | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self._connect = connect
+        self._keyring = keyring  # seals finished runs with the key each names
         self._on_start = on_start
         self._conn = connection
         self._path = path
@@ -461,8 +465,7 @@ class SQLiteWriter:
             if _refuses_item(exc) and not isolate:
                 return _REFUSED
             self._note_failing(exc)
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-            self._reopen = code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
+            self._reopen = needs_reopen(exc)
             return _FAILING
         if self.failing is not None:
             logger.warning("agentaudit: %s is writable again; the writer resumed", self._path)
@@ -483,7 +486,7 @@ class SQLiteWriter:
         ``executemany``; the outcome of each waited-for item into ``settle``."""
         rows: list[tuple[Any, ...]] = []
         models: list[tuple[str, str]] = []
-        whole = _whole_runs(batch)
+        whole = _whole_runs(batch, self._keyring)
         for item in batch:
             if isinstance(item, StartRun) and item.run.run_id in whole:
                 settle.append((item.done, None, None))  # written whole at its finish
@@ -537,7 +540,7 @@ class SQLiteWriter:
             cursor = conn.execute(UPDATE_FINISH, finish_row(item.run_id, item.stats, item.finished_at))
             if cursor.rowcount == 0:
                 return (item.done, None, RunNotFoundError(f"no run {item.run_id!r} to finish in {self._path}"))
-            reseal(conn, item.run_id)
+            seal_run(conn, item.run_id, self._keyring)
             lost = self._lost.pop(item.run_id, None)
             return (item.done, None, StoreError(f"the run finished, but {lost}") if lost else None)
         if isinstance(item, Maintenance):
@@ -690,20 +693,24 @@ class _WholeRun:
     usually is): written as its final, sealed row in one INSERT, where a longer run
     takes an INSERT, an UPDATE and a seal read back from the file."""
 
-    __slots__ = ("events", "last_hash", "model", "run")
+    __slots__ = ("events", "keyring", "last_hash", "model", "run")
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, keyring: Keyring | None) -> None:
         self.run = run
+        self.keyring = keyring
         self.events = 0
         self.last_hash = ""
         self.model = ""
 
     def row(self, finish: FinishRun) -> tuple[Any, ...]:
-        final = run_row(self.run.finished(finish.stats, finish.finished_at))
-        return (*final, self.model, run_seal(final, self.events, self.last_hash))
+        record = record_of_run(self.run.finished(finish.stats, finish.finished_at), model=self.model)
+        key_id = self.run.key_id
+        key = self.keyring.get(key_id) if key_id and self.keyring is not None else None
+        seal = seal_of(record, key, self.events, self.last_hash) if key or not key_id else ""
+        return (*record[:21], self.model, seal)
 
 
-def _whole_runs(batch: Sequence[Item]) -> dict[str, _WholeRun]:
+def _whole_runs(batch: Sequence[Item], keyring: Keyring | None) -> dict[str, _WholeRun]:
     """The runs started and finished within ``batch``, with their event tails and
     models. None when the batch holds a maintenance call, which could touch a run in
     between."""
@@ -711,7 +718,7 @@ def _whole_runs(batch: Sequence[Item]) -> dict[str, _WholeRun]:
     finished: set[str] = set()
     for item in batch:
         if isinstance(item, StartRun):
-            found[item.run.run_id] = _WholeRun(item.run)
+            found[item.run.run_id] = _WholeRun(item.run, keyring)
         elif isinstance(item, AppendEvents):
             for event in item.events:
                 whole = found.get(event.run_id)

@@ -6,14 +6,21 @@ survives the process.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import datetime
+from typing import Any
 
-from .._chain import verify_events
+from .._chain import ERASED, RUN_CONTENT, erase_fields, erased_event, erased_run_fields
 from .._errors import RunNotFoundError, StoreError
+from .._keys import Keyring, keyring_from
 from .._model import TERMINAL_STATUSES, Event, Run, RunFilter, RunStats, RunStatus, VerifyResult
+from .._serialize import canonical_json
+from .._verify import event_record, record_of_run, verify_run
+from ._run_ids import ambiguous, prefix_forms, short_id
 
 __all__ = ["MemoryStore"]
 
@@ -26,10 +33,12 @@ class MemoryStore:
             first (a long-lived process must not grow without bound). None: no limit.
     """
 
-    def __init__(self, *, max_runs: int | None = None) -> None:
+    def __init__(self, *, max_runs: int | None = None, key: Any = None) -> None:
         if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1):
             raise ValueError(f"max_runs must be a positive int or None, got {max_runs!r}")
         self.max_runs = max_runs
+        # The chain's keys (see `_keys`); the first signs the runs recorded here.
+        self.keyring: Keyring | None = keyring_from(key)
         self._lock = threading.RLock()
         self._runs: dict[str, Run] = {}
         self._events: dict[str, list[Event]] = {}
@@ -117,8 +126,8 @@ class MemoryStore:
     def _matching(self, filter: RunFilter | None) -> list[Run]:
         filter = filter or RunFilter()
         with self._lock:
-            runs = [r for r in self._runs.values() if filter.matches(r)]
-        runs.sort(key=lambda r: (r.started_at, r.run_id), reverse=True)
+            runs = [r for r in self._runs.values() if filter.matches(r, self._events.get(r.run_id, ()))]
+        runs.sort(key=filter.sort_key, reverse=not filter.ascending)
         return runs
 
     def list_runs(self, filter: RunFilter | None = None) -> list[Run]:
@@ -153,8 +162,80 @@ class MemoryStore:
             self._events.pop(run_id, None)
             return self._runs.pop(run_id, None) is not None
 
-    def verify(self, run_id: str) -> VerifyResult:
-        return verify_events(run_id, self.get_logs(run_id))
+    def resolve_run_id(self, prefix: str) -> str:
+        """The one run id ``prefix`` names, as `SQLiteStore.resolve_run_id` finds it."""
+        if not isinstance(prefix, str) or not prefix.strip():
+            raise RunNotFoundError("an empty run id matches nothing")
+        forms = prefix_forms(prefix)
+        with self._lock:
+            runs = dict(self._runs)
+        if forms[0] in runs:
+            return forms[0]
+        for group in (forms[:1], forms[1:]):
+            found = {rid: run.name for rid, run in runs.items() if any(rid.startswith(f) for f in group)}
+            if len(found) == 1:
+                return next(iter(found))
+            if found:
+                raise RunNotFoundError(ambiguous(prefix.strip(), sorted(found.items()), False))
+        raise RunNotFoundError(f"no run {prefix.strip()!r}")
+
+    def short_run_ids(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """Each id shortened as `SQLiteStore.short_run_ids` does."""
+        with self._lock:
+            ordered = sorted(self._runs)
+        shown = {}
+        for run_id in run_ids:
+            at = bisect.bisect_left(ordered, run_id)
+            before = ordered[at - 1] if at > 0 else None
+            after_at = at + 1 if at < len(ordered) and ordered[at] == run_id else at
+            after = ordered[after_at] if after_at < len(ordered) else None
+            shown[run_id] = short_id(run_id, (before, after))
+        return shown
+
+    def erase(self, run_id: str, fields: Iterable[str] | None = None) -> int:
+        """Remove a finished run's content, keeping the proof (see
+        `SQLiteStore.erase`, which this mirrors). Returns how many values were erased."""
+        chosen = erase_fields(fields)
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise RunNotFoundError(f"no run {run_id!r}")
+            if not run.status.is_terminal:
+                raise StoreError(f"run {run_id} is still running: erase it once it has finished")
+            if not run.salt:
+                raise StoreError(f"run {run_id} was written before erasable chains (chain v1): it cannot be erased")
+            salt, names = erased_run_fields(run.salt, {n: getattr(run, n) for n in RUN_CONTENT}, chosen)
+            erased_fields: dict[str, Any] = dict.fromkeys(names, ERASED)
+            self._runs[run_id] = dataclasses.replace(run, salt=salt, **erased_fields)
+            count = len(names)
+            events = self._events.get(run_id, [])
+            for i, event in enumerate(events):
+                changed = erased_event(event.event_type, event.payload, event.salt, chosen)
+                if changed is not None:
+                    payload, event_salt, erased = changed
+                    events[i] = dataclasses.replace(
+                        event, payload=payload, payload_json=canonical_json(payload), salt=event_salt
+                    )
+                    count += erased
+        return count
+
+    def verify(self, run_id: str, *, key: Any = None, require_key: bool | None = None) -> VerifyResult:
+        """Check the run's header and chain (`_verify.verify_run`; this store keeps
+        no seals: its rows live in this process only). `RunNotFoundError` for a run
+        it does not hold."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            events = sorted(self._events.get(run_id, ()), key=lambda e: e.sequence)
+        if run is None and not events:
+            raise RunNotFoundError(f"no run {run_id!r}")
+        keyring = self.keyring if key is None else keyring_from(key)
+        return verify_run(
+            record_of_run(run) if run is not None else None,
+            [event_record(e) for e in events],
+            keyring,
+            run_id=run_id,
+            require_key=require_key,
+        )
 
     def __repr__(self) -> str:
         return f"MemoryStore(runs={len(self._runs)})"

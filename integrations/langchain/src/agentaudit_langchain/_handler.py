@@ -12,20 +12,26 @@ How LangChain's run tree maps onto audit runs:
 - Each model call's end is one ``step``. A tool's start records its ``tool_call``
   at once (write-ahead: a tool that hangs, crashes the process or is interrupted
   is still on record); its end or error records the ``tool_result``. The root's end
-  or error closes the audit run, giving any tool still running a cancelled result.
+  or error closes the audit run, giving any tool still running a cancelled result,
+  and always closes it, whatever fails on the way.
+- A ``GraphInterrupt`` anywhere below the root (``interrupt()``, or a subgraph's
+  breakpoint, which carries no values) makes the run ``interrupted``, with one
+  ``interrupt`` event.
 
 State is three dicts keyed by LangChain run id (the UUID's ``int``: a UUID hashes and
 compares in Python, and an agent run makes some eighty lookups) and holding only
-live runs: an
-entry is removed when its run ends, and whatever a run left behind (a stream the
-caller stopped reading) is swept when its root ends. Dict reads and writes are
-atomic, so concurrent invocations, parallel tool threads and event loops share one
-handler without a lock; a per-run lock only keeps step numbers in event order.
+runs whose audit run is open: a model or tool entry is removed when its run ends; a
+chain's stays until its root ends (a LangGraph task may start after its entrypoint
+ended); whatever a run left behind (a stream the caller stopped reading) is swept
+when its root ends. Dict reads and writes are atomic, so concurrent invocations,
+parallel tool threads and event loops share one handler without a lock; a per-run
+lock only keeps step numbers in event order.
 """
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
@@ -43,7 +49,7 @@ from agentaudit.adapters import (
 from ._messages import final_output, last_human_text, run_input, tool_result
 from ._response import to_response
 
-__all__ = ["INTERRUPTED_TOOL_RESULT", "AuditCallbackHandler"]
+__all__ = ["INTERRUPTED_TOOL_RESULT", "REUSED_RUN_ID_KEY", "AuditCallbackHandler"]
 
 # The result recorded for a tool that a LangGraph interrupt stopped (``interrupt()``
 # inside the tool, human-in-the-loop middleware): its call is on record, it did not
@@ -53,6 +59,8 @@ INTERRUPTED_TOOL_RESULT = "tool call interrupted"
 # Invocation metadata LangChain and LangGraph add themselves; not the user's to see again.
 _INTERNAL_PREFIXES = ("ls_", "lc_", "langgraph_", "checkpoint_", "__")
 _CALLER_KEY = "agentaudit_caller"
+# Where a run whose LangChain run id was already used keeps that id (see _AuditIds).
+REUSED_RUN_ID_KEY = "langchain_run_id"
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -67,6 +75,39 @@ def _is_langgraph(error: BaseException, class_name: str) -> bool:
 _DISABLED = aa.Auditor(None)
 
 
+class _AuditIds:
+    """The LangChain run ids this process has given to audit runs, the latest
+    ``limit`` of them, for every handler.
+
+    An audit run takes its LangChain run's id, but a caller may pass the same
+    ``config={"run_id": ...}`` to several invocations (LangGraph's own tests do).
+    A store refuses a second run under one id, which would lose it: the second and
+    later runs get a fresh id instead and keep the caller's in their metadata
+    (``REUSED_RUN_ID_KEY``). Process-wide, because a handler is often made per
+    invocation; bounded, because generated ids never repeat and must not pile up.
+    An id reused after ``limit`` other runs, or by another process, is still refused
+    by the store (a ``start_run`` fault).
+    """
+
+    def __init__(self, limit: int = 1 << 14) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._seen: dict[int, None] = {}  # insertion-ordered: the oldest is evicted first
+
+    def claim(self, key: int) -> bool:
+        """Take ``key`` for a new audit run; False when it was taken before."""
+        with self._lock:
+            if key in self._seen:
+                return False
+            if len(self._seen) >= self._limit:
+                del self._seen[next(iter(self._seen))]
+            self._seen[key] = None
+            return True
+
+
+_AUDIT_IDS = _AuditIds()
+
+
 def _stats_for_error(error: BaseException) -> aa.RunStats:
     """How a root that raised ended: interrupted (LangGraph control flow, not a
     failure), cancelled, timed out, or failed with the error's text."""
@@ -76,7 +117,9 @@ def _stats_for_error(error: BaseException) -> aa.RunStats:
 
 
 def _interrupts(error: BaseException) -> list[dict[str, Any]]:
-    """The ``Interrupt`` values a ``GraphInterrupt`` carries, as ``{id, value}``."""
+    """The ``Interrupt`` values a ``GraphInterrupt`` carries, as ``{id, value}``;
+    none for a breakpoint (``interrupt_before``/``interrupt_after``), which raises
+    ``GraphInterrupt(())``."""
     found = error.args[0] if error.args else ()
     if not isinstance(found, (list, tuple)):
         return []
@@ -90,6 +133,8 @@ class _AuditRun:
     and the LangChain runs below the root that have not ended yet."""
 
     __slots__ = (
+        "breakpoint",
+        "interrupted",
         "interrupts",
         "last_calls",
         "members",
@@ -106,6 +151,9 @@ class _AuditRun:
         self.steps = 0
         self.step_lock = threading.Lock()
         self.interrupts: dict[Any, dict[str, Any]] = {}
+        # Set by any GraphInterrupt below the root, also one that carries no values.
+        self.interrupted = False
+        self.breakpoint = False
         # The tool calls the latest step asked for: where a tool's call id is found
         # when LangChain does not pass it (langchain-core before 1.x's later releases).
         self.last_calls: tuple[aa.ToolCall, ...] = ()
@@ -127,7 +175,12 @@ class _AuditRun:
         return ""
 
     def note_interrupt(self, error: BaseException) -> None:
-        for item in _interrupts(error):
+        self.interrupted = True
+        found = _interrupts(error)
+        if not found:
+            # A subgraph's breakpoint: the error says nothing but that the graph paused.
+            self.breakpoint = True
+        for item in found:
             self.interrupts.setdefault(item["id"] or len(self.interrupts), item)
 
 
@@ -283,12 +336,17 @@ class AuditCallbackHandler(BaseCallbackHandler):
         if not isinstance(run_name, str) or not run_name.strip():
             run_name = "langchain"
         # The audit run takes the LangChain run's id, so a caller who sets
-        # config={"run_id": ...} knows it up front (and it matches LangSmith's).
+        # config={"run_id": ...} knows it up front (and it matches LangSmith's);
+        # an id used before gets a fresh one (see _AuditIds).
+        audit_id = str(run_id)
+        if not _AUDIT_IDS.claim(key):
+            merged = {**merged, REUSED_RUN_ID_KEY: audit_id}
+            audit_id = str(uuid.uuid4())
         writer: aa.Writer | None = None
         with self._guard("langchain.start_run"):
             if parent is None:
                 writer = self._auditor.start_run(
-                    run_name, caller=caller, input=run_input, metadata=merged, run_id=str(run_id)
+                    run_name, caller=caller, input=run_input, metadata=merged, run_id=audit_id
                 )
             else:
                 writer = self._auditor.start_run(
@@ -296,7 +354,7 @@ class AuditCallbackHandler(BaseCallbackHandler):
                     caller=caller,
                     input=run_input,
                     metadata=merged,
-                    run_id=str(run_id),
+                    run_id=audit_id,
                     parent_run_id=parent.writer.run_id,
                 )
         if writer is None:
@@ -307,26 +365,46 @@ class AuditCallbackHandler(BaseCallbackHandler):
         self._runs[key] = run
         return run
 
-    def _end(self, run: _AuditRun, stats: aa.RunStats) -> None:
-        if run.members:  # runs that never ended (a stream the caller stopped reading)
-            for member in list(run.members):
-                self._runs.pop(member, None)
-                self._models.pop(member, None)
-                call = self._tools.pop(member, None)
-                if call is not None:  # every call the run made gets its result
-                    run.writer.tool_finished(call, CANCELLED_TOOL_RESULT, error=True)
-            run.members.clear()
-        if run.interrupts:
-            self._log_interrupts(run)
-            if stats.status is aa.RunStatus.SUCCEEDED:
+    def _end(self, run: _AuditRun, stats: aa.RunStats | Callable[[], aa.RunStats]) -> None:
+        """Close the audit run. Whatever fails on the way (our fault, or strict
+        mode raising it), the run is closed: with ``stats``, or, when even they
+        could not be read (``stats`` is then a callable that raised), as failed."""
+        # Below the root: ended chains (kept for late tasks) and runs that never
+        # ended (a stream the caller stopped reading).
+        unfinished: list[aa.ToolCall] = []
+        for member in run.members:
+            self._runs.pop(member, None)
+            self._models.pop(member, None)
+            call = self._tools.pop(member, None)
+            if call is not None:
+                unfinished.append(call)
+        run.members.clear()
+        final: aa.RunStats | None = None
+        try:
+            final = stats() if callable(stats) else stats
+            if run.interrupted and final.status is aa.RunStatus.SUCCEEDED:
                 # The root graph swallows an interrupt and returns the state it reached.
-                stats = aa.RunStats(status=aa.RunStatus.INTERRUPTED, output=stats.output)
-        run.writer.close(stats)
+                final = aa.RunStats(status=aa.RunStatus.INTERRUPTED, output=final.output)
+            for call in unfinished:  # every call the run made gets its result
+                run.writer.tool_finished(call, CANCELLED_TOOL_RESULT, error=True)
+            if run.interrupted:
+                self._log_interrupts(run)
+        finally:
+            if final is None:
+                final = aa.RunStats(
+                    status=aa.RunStatus.FAILED,
+                    error="agentaudit could not read how the run ended (a fault, counted)",
+                )
+            run.writer.close(final)
 
     @staticmethod
     def _log_interrupts(run: _AuditRun) -> None:
-        run.writer.log_event("interrupt", {"interrupts": list(run.interrupts.values())})
+        payload: dict[str, Any] = {"interrupts": list(run.interrupts.values())}
+        if run.breakpoint:
+            payload["breakpoint"] = True
+        run.interrupted = run.breakpoint = False
         run.interrupts.clear()
+        run.writer.log_event("interrupt", payload)
 
     def _leave(self, key: int) -> _AuditRun | None:
         """Drop a run that ended; its audit run, or None when it is not ours (or
@@ -365,26 +443,29 @@ class AuditCallbackHandler(BaseCallbackHandler):
             # A root, or a chain run by a tool: a sub-agent, recorded as a child run.
             self._start(key, run_id, kwargs.get("name"), run_input(inputs), metadata, parent)
 
+    # A chain below the root stays known after its end, until the root ends: a
+    # LangGraph @task can start after its @entrypoint was interrupted (the tasks it
+    # had launched are still being started while the graph winds down), and it
+    # belongs to the run it was launched in, which is still open. Its result is
+    # checkpointed there; the resumed run does not run it again.
+
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_chain_end:
             key = run_id.int
-            run = self._runs.pop(key, None)
-            if run is not None:
-                if run.root_id == key:
-                    self._end(run, aa.RunStats(output=final_output(outputs)))
-                else:
-                    run.members.discard(key)
+            run = self._runs.get(key)
+            if run is not None and run.root_id == key and self._runs.pop(key, None) is run:
+                self._end(run, lambda: aa.RunStats(output=final_output(outputs)))
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_chain_error:
             key = run_id.int
-            run = self._leave(key)
+            run = self._runs.get(key)
             if run is None:
                 return
             if _is_langgraph(error, "GraphInterrupt"):
                 run.note_interrupt(error)
-            if run.root_id == key:
-                self._end(run, _stats_for_error(error))
+            if run.root_id == key and self._runs.pop(key, None) is run:
+                self._end(run, lambda: _stats_for_error(error))
 
     # -- model calls ---------------------------------------------------------------------
 
@@ -453,10 +534,15 @@ class AuditCallbackHandler(BaseCallbackHandler):
             run = self._leave(key)
             if run is None:
                 return
-            step = to_response(response, provider, requested)
-            run.step(step)
-            if run.root_id == key:
-                self._end(run, aa.RunStats(output=step.text))
+            if run.root_id != key:
+                run.step(to_response(response, provider, requested))
+                return
+            step: aa.Response | None = None
+            try:  # a model called on its own: its run ends with this step, come what may
+                step = to_response(response, provider, requested)
+                run.step(step)
+            finally:
+                self._end(run, aa.RunStats() if step is None else aa.RunStats(output=step.text))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_llm_error:
@@ -465,9 +551,11 @@ class AuditCallbackHandler(BaseCallbackHandler):
             run = self._leave(key)
             if run is None:
                 return
-            run.writer.log_error(error_text(error))
-            if run.root_id == key:
-                self._end(run, _stats_for_error(error))
+            try:
+                run.writer.log_error(error_text(error))
+            finally:
+                if run.root_id == key:
+                    self._end(run, _stats_for_error(error))
 
     # -- tools ---------------------------------------------------------------------------
 
@@ -520,15 +608,25 @@ class AuditCallbackHandler(BaseCallbackHandler):
         run = self._leave(key)
         if run is None or call is None:
             return
-        run.writer.tool_finished(call, result, error=error)
-        if run.root_id == key:
-            self._end(run, root_stats or aa.RunStats(output=result))
+        try:
+            run.writer.tool_finished(call, result, error=error)
+        finally:
+            if run.root_id == key:
+                self._end(run, root_stats or aa.RunStats(output=result))
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_tool_end:
-            result, is_error, _ = tool_result(output)
-            stats = aa.RunStats(status=aa.RunStatus.FAILED, error=str(result)) if is_error else None
-            self._tool_done(run_id.int, result, is_error, stats)
+            key = run_id.int
+            try:
+                result, is_error, _ = tool_result(output)
+            except Exception:
+                # Unreadable: the tool's run still ends (then the fault is counted).
+                self._tool_done(key, "agentaudit could not read the tool's result", True, aa.RunStats())
+                raise
+            # An error result the tool handled itself (ToolMessage status="error",
+            # returned normally) is the tool's answer: the run that is this tool
+            # succeeded, with the result marked as an error.
+            self._tool_done(key, result, is_error)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._guard_on_tool_error:

@@ -96,6 +96,34 @@ def _check(
     return caller, dict(metadata or {})
 
 
+def _same_store(attached: aa.Auditor, auditor: aa.Auditor) -> bool:
+    """Whether two auditors record into one place: the same store object (or, for
+    ``Auditor(None)``, which has none, the same auditor)."""
+    if attached is auditor:
+        return True
+    return attached.store is not None and attached.store is auditor.store
+
+
+def _differences(
+    recorder: Recorder, auditor: aa.Auditor, caller: Any, metadata: dict[str, Any]
+) -> list[str]:
+    """What a second ``instrument()`` for an attached store asks for differently."""
+    attached = recorder.auditor
+    differs = []
+    if recorder.caller != caller:
+        differs.append("caller")
+    if recorder.metadata != metadata:
+        differs.append("metadata")
+    if attached is not auditor:
+        settings = ("redaction", "pricing", "strict", "finish_timeout")
+        differs.extend(
+            f"auditor {name}"
+            for name in settings
+            if getattr(attached, name, None) != getattr(auditor, name, None)
+        )
+    return differs
+
+
 def instrument(
     auditor: aa.Auditor,
     *,
@@ -121,21 +149,26 @@ def instrument(
             own run id) added.
 
     Returns:
-        The attachment; its ``uninstrument()`` detaches. Calling ``instrument``
-            again with the same auditor (and the same options) attaches nothing
-            more: it returns the same attachment.
+        The attachment; its ``uninstrument()`` detaches. One process attaches
+            once per store: calling ``instrument`` again for the same store (with
+            the same auditor, or another ``Auditor`` over that store with the same
+            settings) and the same options attaches nothing more and returns the
+            existing attachment, which goes on recording with the first auditor.
+            Attaching twice would record every run twice.
 
     Raises:
         TypeError: ``auditor`` is not an ``agentaudit.Auditor``, or
             ``caller``/``metadata`` have the wrong type.
-        ValueError: the auditor is already instrumented with a different
-            ``caller`` or ``metadata`` (uninstrument first to change them).
+        ValueError: the store is already instrumented with a different
+            ``caller`` or ``metadata``, or through an auditor with other settings
+            (redaction, pricing, strict, finish timeout); uninstrument first to
+            change them.
     """
     caller, metadata_dict = _check(auditor, caller, metadata)
     with _attach_lock:
         root = get_dispatcher()
         for handler in root.span_handlers:
-            if isinstance(handler, AuditSpanHandler) and handler.recorder.auditor is auditor:
+            if isinstance(handler, AuditSpanHandler) and _same_store(handler.recorder.auditor, auditor):
                 existing = next(
                     (
                         h
@@ -146,11 +179,13 @@ def instrument(
                 )
                 if existing is not None and isinstance(handler.recorder.handle, Instrumentation):
                     recorder = handler.recorder
-                    if recorder.caller != caller or recorder.metadata != metadata_dict:
+                    differs = _differences(recorder, auditor, caller, metadata_dict)
+                    if differs:
                         raise ValueError(
-                            "this auditor is already instrumented with another caller or "
-                            "metadata; call uninstrument() on the handle instrument() returned "
-                            "first, then instrument again"
+                            f"{auditor.store!r} is already instrumented, with another "
+                            f"{' and '.join(differs)}; one process attaches once per store "
+                            "(twice would record every run twice). Call uninstrument() on the "
+                            "handle the first instrument() returned, then instrument again"
                         )
                     return recorder.handle
         recorder = Recorder(auditor, caller=caller, metadata=metadata_dict)

@@ -20,6 +20,7 @@ import agentaudit as aa
 
 __all__ = [
     "chunk_finish_reason",
+    "is_structured_wrapper",
     "llm_metadata",
     "provider_of",
     "read_chat_response",
@@ -68,6 +69,12 @@ def provider_of(model_dict: Mapping[str, Any] | None) -> str:
     if class_name.lower().startswith("mock"):
         return "mock"
     return _PROVIDER_SUFFIX.sub("", class_name).lower()
+
+
+def is_structured_wrapper(model_dict: Mapping[str, Any] | None) -> bool:
+    """Whether the LLM is a ``StructuredLLM`` (``llm.as_structured_llm(cls)``): a
+    wrapper whose own name (``structured_llm``) is no provider's."""
+    return _text(_field(model_dict, "class_name")).lower().startswith("structured")
 
 
 def llm_metadata(llm: Any) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from agentaudit.adapters import (
     status_for_exception,
 )
 
-from ._llm import chunk_finish_reason, llm_metadata, read_chat_response
+from ._llm import chunk_finish_reason, is_structured_wrapper, llm_metadata, read_chat_response
 from ._workflow import (
     agent_of_step,
     is_agent_run,
@@ -55,6 +55,7 @@ __all__ = ["WAITING_TOOL_RESULT", "Recorder"]
 # The workflow runs the step again when the event arrives: a new call and result.
 WAITING_TOOL_RESULT = "tool call waiting for an event; it runs again when the event arrives"
 _DETACHED = "agentaudit_llamaindex was uninstrumented while the run was in flight"
+_UNREADABLE_END = "agentaudit could not read how the run ended (a fault, counted)"
 
 
 @dataclass(eq=False)
@@ -96,6 +97,11 @@ class _LLMCall:
     step_span: str | None  # the enclosing run_agent_step span, if any
     agent: str | None
     finish_reason: str = ""  # remembered from streamed chunks
+    # A structured-output wrapper (``llm.as_structured_llm(...)``, the agents'
+    # ``output_cls`` pass): the provider's own call inside it is the step.
+    wrapper: bool = False
+    wrapped_by: _LLMCall | None = None  # the wrapper this call serves
+    served: bool = False  # (a wrapper) its inner call wrote the step
 
 
 class Recorder:
@@ -224,10 +230,16 @@ class Recorder:
                 # call: only the outermost call is a step.
                 step_span: str | None = None
                 agent = run.agent
+                wrapped_by: _LLMCall | None = None
                 ancestor_id = span.parent_id
                 while ancestor_id is not None and ancestor_id != run.span_id:
-                    if ancestor_id in self._llm_calls:
-                        return
+                    outer = self._llm_calls.get(ancestor_id)
+                    if outer is not None:
+                        if not outer.wrapper or wrapped_by is not None:
+                            return
+                        # The model call a structured-output pass makes: recorded
+                        # as itself (provider, served model, usage), not as the wrapper.
+                        wrapped_by = outer
                     ancestor = self._spans.get(ancestor_id)
                     if ancestor is None:
                         break
@@ -242,8 +254,17 @@ class Recorder:
                     "model_name" in described and "class_name" in described
                 ):
                     described = {**llm_metadata(span.llm), **described}
+                wrapper = is_structured_wrapper(described)
+                if wrapper and span.llm is not None:
+                    # Named after the provider it wraps, should no inner call show.
+                    described = {**described, **llm_metadata(getattr(span.llm, "llm", None))}
                 self._llm_calls[span_id] = _LLMCall(
-                    run=run, model_dict=described, step_span=step_span, agent=agent
+                    run=run,
+                    model_dict=described,
+                    step_span=step_span,
+                    agent=agent,
+                    wrapper=wrapper,
+                    wrapped_by=wrapped_by,
                 )
                 run.llm_calls.add(span_id)
 
@@ -266,6 +287,10 @@ class Recorder:
                     return
                 call.run.llm_calls.discard(span_id)
                 step = self._spans.get(call.step_span) if call.step_span else None
+                if call.wrapped_by is not None:
+                    call.wrapped_by.served = True
+                elif call.served:
+                    return  # a structured-output wrapper whose inner call was the step
             step_response = read_chat_response(response, call.model_dict, call.finish_reason)
             if step is not None:
                 # Written when the agent step ends, with the tool calls the agent parsed
@@ -359,12 +384,17 @@ class Recorder:
     def _end_run(
         self, run: _Run, *, result: Any = None, error: BaseException | None = None
     ) -> None:
-        if error is not None:
-            stats = aa.RunStats(status=status_for_exception(error), error=error_text(error))
-        elif run.cancelled:
-            stats = aa.RunStats(status=aa.RunStatus.CANCELLED, error="cancelled by the user")
-        else:
-            stats = aa.RunStats(status=aa.RunStatus.SUCCEEDED, output=run_output(result))
+        try:
+            if error is not None:
+                stats = aa.RunStats(status=status_for_exception(error), error=error_text(error))
+            elif run.cancelled:
+                stats = aa.RunStats(status=aa.RunStatus.CANCELLED, error="cancelled by the user")
+            else:
+                stats = aa.RunStats(status=aa.RunStatus.SUCCEEDED, output=run_output(result))
+        except Exception:
+            # Never left running for a fault of ours; the guard counts the fault.
+            self._finish(run, aa.RunStats(status=aa.RunStatus.FAILED, error=_UNREADABLE_END))
+            raise
         self._finish(run, stats)
 
     def _finish(self, run: _Run, stats: aa.RunStats) -> None:
@@ -380,10 +410,12 @@ class Recorder:
                 self._llm_calls.pop(span_id, None)
             run.spans.clear()
             run.llm_calls.clear()
-        for span in unfinished_steps:  # model turns whose step never ended
-            self._flush_step(span, None)
-        with run.lock:
-            run.writer.close(stats)
+        try:
+            for span in unfinished_steps:  # model turns whose step never ended
+                self._flush_step(span, None)
+        finally:  # a fault on the way (strict mode raising it) still closes the run
+            with run.lock:
+                run.writer.close(stats)
 
     def _track(self, id_: str, span: _Span) -> bool:
         """Hold ``span`` as part of its run; False when the run has ended."""

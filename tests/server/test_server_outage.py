@@ -1,0 +1,120 @@
+"""The server going away under a writing store, through a TCP proxy the test cuts and
+restores (the shared servers keep running): the agent's calls never wait, the
+bounded queue holds what fits and refuses the rest at once (counted), and once the
+server is back every event the store took lands, once, and verifies."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import urllib.parse
+from collections.abc import Iterator
+
+import pytest
+
+import agentaudit as aa
+
+
+class Proxy:
+    """A TCP forwarder to ``upstream``; `cut` drops every connection and refuses new
+    ones, `restore` accepts again (on the same port)."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def proxied(server_url: str) -> Iterator[tuple[str, Proxy]]:
+    parts = urllib.parse.urlsplit(server_url)
+    proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
+    yield urllib.parse.urlunsplit(parts._replace(netloc=netloc)), proxy
+    proxy.cut()
+
+
+def test_an_outage_holds_what_fits_and_loses_nothing_taken(proxied: tuple[str, Proxy]) -> None:
+    url, proxy = proxied
+    store = aa.open_store(url, max_queue=40)
+    auditor = aa.Auditor(store)  # not strict: as in production, faults are counted
+    try:
+        with auditor.run("before") as before:
+            before.log_event("custom", {"n": 0})
+        proxy.cut()
+        during = auditor.start_run("during")
+        for i in range(200):  # far more than the queue holds while the server is away
+            during.log_event("tick", {"i": i})
+        assert store.dropped > 0, "a full queue must refuse, not wait"
+        assert store.backlog() > 0
+        taken = store.backlog()
+        proxy.restore()
+        during.close()
+        events = store.get_logs(during.run_id)
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        assert len(events) >= taken - 2  # the start and the finish are items too
+        assert store.verify(during.run_id).ok and store.verify(before.run_id).ok
+        assert store.get_run(during.run_id).status is aa.RunStatus.SUCCEEDED
+        assert auditor.faults  # the refused events were counted, never raised
+    finally:
+        store.close()
