@@ -5,8 +5,12 @@ deletion, and the retention floor and legal holds refuse."""
 
 from __future__ import annotations
 
+import gc
 import json
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -513,3 +517,26 @@ def test_a_malformed_checkpoint_table_is_reported_never_raised(tmp_path, keys, c
     report = verify(db, tmp_path, keys)
     assert not report.ok
     assert {"checkpoint-altered", "checkpoint-deleted"} & {f.kind for f in report.problems}
+
+
+def test_a_refused_checkpoint_policy_leaves_nothing_open(tmp_path):
+    """The policy is checked before the store opens anything: a refused argument leaves
+    no file, no writer thread and no exit hook (it used to start the writer first, and
+    the interpreter's exit then failed to flush the half-built store)."""
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(TypeError):
+        aa.SQLiteStore(tmp_path / "a.db", checkpoints={"interval": 60})  # type: ignore[arg-type]
+    gc.collect()
+    assert not (tmp_path / "a.db").exists()
+    assert [t.name for t in threading.enumerate() if t.ident not in before] == []
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "import agentaudit as aa, sys\n"
+         "try:\n"
+         f"    aa.SQLiteStore({str(tmp_path / 'b.db')!r}, checkpoints=42)\n"
+         "except TypeError:\n"
+         "    sys.exit(0)\n"
+         "sys.exit(3)\n"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr

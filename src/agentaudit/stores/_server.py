@@ -851,16 +851,20 @@ class ServerStore:
                 )
                 for run_id, status, started in cur.fetchall():
                     held[str(run_id)] = (str(status), dialect.from_ts(started))
+            # A batch's work in a constant number of round trips: the new runs in one
+            # multi-row insert, the runs that take their final row in one batch of
+            # updates, the events of the whole batch in one, the resolved models in one
+            # (only the late events of a run this server abandoned go one run at a time).
             replaced: set[str] = set()
+            inserts: list[tuple[Any, ...]] = []
+            updates: list[tuple[Any, ...]] = []
+            names = [n for n in RUN_COLUMNS.split(", ") if n not in ("run_id", "model")]
             for run in runs:
                 seal = seals.get(run.run_id, "") if run.status.is_terminal else ""
                 values = run_values(run, dialect.ts, model="", seal=seal)
                 found = held.get(run.run_id)
                 if found is None:
-                    sql = dialect.insert_unless_present.format(
-                        table="runs", columns=RUN_COLUMNS, marks=_marks(values), first="run_id"
-                    )
-                    cur.execute(sql, values)
+                    inserts.append(values)
                     held[run.run_id] = (run.status.value, run.started_at)
                     continue
                 status = found[0]
@@ -870,38 +874,60 @@ class ServerStore:
                 )
                 if takes_final:
                     # every column but run_id and model (derived from the events)
-                    names = [n for n in RUN_COLUMNS.split(", ") if n not in ("run_id", "model")]
                     by_name = dict(zip(RUN_COLUMNS.split(", "), values, strict=True))
-                    cur.execute(
-                        f"UPDATE runs SET {', '.join(f'{n} = %s' for n in names)} WHERE run_id = %s",
-                        (*(by_name[n] for n in names), run.run_id),
-                    )
+                    updates.append((*(by_name[n] for n in names), run.run_id))
                     held[run.run_id] = (run.status.value, found[1])
                     replaced.add(run.run_id)
+            if inserts:
+                cur.executemany(
+                    dialect.insert_unless_present.format(
+                        table="runs", columns=RUN_COLUMNS, marks=_marks(inserts[0]), first="run_id"
+                    ),
+                    inserts,
+                )
+            if updates:  # after the inserts: a run given twice is inserted, then finished
+                cur.executemany(
+                    f"UPDATE runs SET {', '.join(f'{n} = %s' for n in names)} WHERE run_id = %s", updates
+                )
             grouped: dict[str, list[Event]] = {}
             for event in events:
                 grouped.setdefault(event.run_id, []).append(event)
             sql = event_insert_sql(dialect, True)
+            rows: list[tuple[Any, ...]] = []  # written together, in the order given
+            models: list[tuple[str, str]] = []  # (run_id, its first resolved model here)
+
+            def write_rows() -> None:
+                if rows:
+                    cur.executemany(sql, rows)
+                    rows.clear()
+                if models:
+                    cur.execute(
+                        f"UPDATE runs SET model = CASE run_id {' '.join(['WHEN %s THEN %s'] * len(models))} END "
+                        f"WHERE model = '' AND run_id IN ({_marks(models)})",
+                        [*(value for pair in models for value in pair), *(run_id for run_id, _ in models)],
+                    )
+                    models.clear()
+
             for run_id, run_events in grouped.items():
                 found = held.get(run_id)
                 if found is None:
                     raise StoreError(f"events of run {run_id!r} arrived, but the run itself never did")
-                started = dialect.ts(found[1])
-                rows = [
-                    (*event_values(e), started) if dialect.partitioned else event_values(e)
-                    for e in sorted(run_events, key=lambda e: e.sequence)
-                ]
-                cur.executemany(sql, rows)
+                model = _resolved_model(run_events)
+                if found[0] != RunStatus.ABANDONED.value or run_id in replaced:
+                    rows.extend(_event_rows(dialect, run_events, found[1]))
+                    if model is not None:
+                        models.append((run_id, model))
+                    continue
+                # Rare: late events of a run this server abandoned. Written on their own,
+                # to learn whether any was new (then its totals and seal are redone).
+                write_rows()
+                cur.executemany(sql, _event_rows(dialect, run_events, found[1]))
                 added = cur.rowcount
-                for event in run_events:
-                    model = event.payload.get(MODEL) if event.event_type == RESOLVED_MODEL else None
-                    if isinstance(model, str):
-                        cur.execute(
-                            "UPDATE runs SET model = %s WHERE run_id = %s AND model = ''", (model, run_id)
-                        )
-                        break
-                if added and found[0] == RunStatus.ABANDONED.value and run_id not in replaced:
+                if model is not None:
+                    cur.execute("UPDATE runs SET model = %s WHERE run_id = %s AND model = ''", (model, run_id))
+                if added:
                     _abandon(cur, dialect, run_id, None, self.keyring)
+            write_rows()
 
         self._run(ingest, write=True)
 
@@ -1041,6 +1067,24 @@ class ServerStore:
 
 def _marks(values: Sequence[Any]) -> str:
     return ", ".join(["%s"] * len(values))
+
+
+def _event_rows(dialect: Dialect, run_events: Sequence[Event], started_at: datetime) -> list[tuple[Any, ...]]:
+    """One run's events as written, in sequence order (with its start on a partitioned store)."""
+    started = dialect.ts(started_at)
+    return [
+        (*event_values(e), started) if dialect.partitioned else event_values(e)
+        for e in sorted(run_events, key=lambda e: e.sequence)
+    ]
+
+
+def _resolved_model(run_events: Sequence[Event]) -> str | None:
+    """The model of the first of these events that resolved one, as given."""
+    for event in run_events:
+        model = event.payload.get(MODEL) if event.event_type == RESOLVED_MODEL else None
+        if isinstance(model, str):
+            return model
+    return None
 
 
 def _as_list(value: Any) -> list[Any]:

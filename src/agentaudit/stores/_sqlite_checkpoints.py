@@ -276,6 +276,19 @@ def check_entries(
 # -- the store's part ---------------------------------------------------------------------
 
 
+def resolve_policy(policy: CheckpointPolicy | bool | None, *, read_only: bool) -> CheckpointPolicy | None:
+    """The store's checkpoint policy from its ``checkpoints`` argument (None: from the
+    environment). Called before the store opens anything, so a bad argument leaves no
+    file, thread or exit hook behind."""
+    if policy is None and not read_only:
+        return CheckpointPolicy.from_environment()
+    if policy is None or policy is False:
+        return None
+    if not isinstance(policy, CheckpointPolicy):
+        raise TypeError(f"checkpoints takes an aa.CheckpointPolicy, got {type(policy).__name__}")
+    return policy
+
+
 class SQLiteCheckpoints:
     """Checkpoints, holds and retention for `SQLiteStore` (mixed in; the store
     provides the connection plumbing)."""
@@ -294,13 +307,8 @@ class SQLiteCheckpoints:
         def iter_runs(self, filter: RunFilter | None = None) -> Any: ...
         def verify(self, run_id: str) -> Any: ...
 
-    def _init_checkpoints(self, policy: CheckpointPolicy | bool | None) -> None:
-        if policy is None and not self.read_only:
-            policy = CheckpointPolicy.from_environment()
-        elif policy is False:
-            policy = None
-        if policy is not None and not isinstance(policy, CheckpointPolicy):
-            raise TypeError(f"checkpoints takes an aa.CheckpointPolicy, got {type(policy).__name__}")
+    def _init_checkpoints(self, policy: CheckpointPolicy | None) -> None:
+        """Set up checkpointing with a policy `resolve_policy` already checked."""
         self.checkpoint_policy = policy
         self.checkpoint_failures = 0  # checkpoints or sink writes that failed (each logged)
         self._cp_lock = threading.Lock()

@@ -60,7 +60,7 @@ from ..payloads import (
     TOOL_RESULT,
 )
 from ._run_ids import MAX_CANDIDATES, ambiguous, prefix_forms, short_id, upper_bound
-from ._sqlite_checkpoints import SQLiteCheckpoints
+from ._sqlite_checkpoints import SQLiteCheckpoints, resolve_policy
 from ._sqlite_rows import (
     EVENT_COLUMNS,
     RUN_COLUMNS,
@@ -163,6 +163,7 @@ class SQLiteStore(SQLiteCheckpoints):
         # The chain's keys (see `_keys`): the first signs the runs recorded through
         # this store and seals them; all of them verify.
         self.keyring: Keyring | None = keyring_from(key)
+        policy = resolve_policy(checkpoints, read_only=bool(read_only))
         if not isinstance(path, str) or not path or path == ":memory:" or path.startswith("file:"):
             raise ValueError(
                 f"SQLiteStore needs a file path, got {path!r} (for an in-memory store use aa.MemoryStore())"
@@ -207,7 +208,7 @@ class SQLiteStore(SQLiteCheckpoints):
             self._writer: SQLiteWriter | None = None
             self._read_conn = _connect_read_only(path)
             self.schema_version = file_version(self._read_conn)
-            self._init_checkpoints(None)
+            self._init_checkpoints(None)  # a reader makes no checkpoints
             _OPEN_STORES.add(self)
             return
         if os.path.exists(path):
@@ -231,7 +232,7 @@ class SQLiteStore(SQLiteCheckpoints):
         # A store dropped without close still writes what it was given, then its
         # thread ends (the thread holds no reference to the store).
         weakref.finalize(self, self._writer.request_stop, self.close_timeout)
-        self._init_checkpoints(checkpoints)
+        self._init_checkpoints(policy)
         _OPEN_STORES.add(self)
 
     def __repr__(self) -> str:
