@@ -15,13 +15,18 @@ shuffled, interleaved rounds in one process:
 - ``aa-sqlite``: agentaudit's ``AuditCallbackHandler`` over ``SQLiteStore`` (default
   settings, a temporary file); records text, arguments, results and hashes;
 - ``aa-sqlite-key``: the same with a chain key (HMAC-SHA256 hashes and seals);
-- ``aa-memory``: the same over ``MemoryStore``.
+- ``aa-memory``: the same over ``MemoryStore``;
+- with ``--postgres URL`` (an empty schema is made in that database and dropped after):
+  ``aa-pg``, the same over the PostgreSQL store (its own writer thread ships to the
+  server), and ``aa-pg-spool``, the fleet setup ``open_store(URL, spool=FILE)`` (the
+  agent writes into a local SQLite spool; a forwarder ships it).
 
 Reported: median added ms per run over the rounds (configuration minus ``none`` in
 the same round) and the ratio to the floor. Every configuration is checked to have
 recorded every run it was given.
 
 Run: .venv/bin/python bench/bench_overhead.py [--rounds 40] [--runs 20]
+         [--postgres postgresql://postgres@127.0.0.1:5432/test]
      .venv/bin/python bench/bench_overhead.py --profile aa-sqlite   (cProfile, top entries)
 """
 
@@ -64,7 +69,7 @@ class Config:
         self.given = 0
 
 
-def make_configs(workdir: str) -> dict[str, Config]:
+def make_configs(workdir: str, postgres: str | None = None) -> dict[str, Config]:
     floor = FloorHandler(os.path.join(workdir, "floor.db"))
     sqlite_store = aa.SQLiteStore(os.path.join(workdir, "aa.db"), key=False)
     # The keyed chain (HMAC-SHA256 event hashes and seals): the A/B of a key's cost.
@@ -82,7 +87,47 @@ def make_configs(workdir: str) -> dict[str, Config]:
         Config("aa-memory", AuditCallbackHandler(aa.Auditor(memory_store)),
                lambda: memory_store.count_runs(aa.RunFilter(status="succeeded"))),
     ]
+    if postgres is not None:
+        pg_store = aa.open_store(_schema_url(postgres, "direct"), key=False)
+        spooled = aa.open_store(
+            _schema_url(postgres, "spooled"), spool=os.path.join(workdir, "spool.db"), key=False
+        )
+        configs += [
+            Config("aa-pg", AuditCallbackHandler(aa.Auditor(pg_store)),
+                   lambda: _count_after_flush(pg_store)),
+            Config("aa-pg-spool", AuditCallbackHandler(aa.Auditor(spooled)),
+                   lambda: _count_after_flush(spooled)),
+        ]
     return {c.name: c for c in configs}
+
+
+_SCHEMAS: list[str] = []
+
+
+def _schema_url(url: str, label: str) -> str:
+    """``url`` with a fresh, empty schema of its own as the search path."""
+    import psycopg  # the postgres extra
+
+    schema = f"aa_bench_{label}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    _SCHEMAS.append(schema)
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+def _drop_schemas(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for schema in _SCHEMAS:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    _SCHEMAS.clear()
+
+
+def _count_after_flush(store: Any) -> int:
+    store.flush(timeout=60)
+    return int(store.count_runs(aa.RunFilter(status="succeeded")))
 
 
 def timed_block(agent: Any, config: Config, runs: int) -> float:
@@ -96,39 +141,49 @@ def timed_block(agent: Any, config: Config, runs: int) -> float:
     return elapsed / runs
 
 
-def measure(rounds: int, runs: int, only: list[str] | None) -> None:
+def measure(rounds: int, runs: int, only: list[str] | None, postgres: str | None = None) -> None:
     agent = build_agent()
     with tempfile.TemporaryDirectory() as workdir:
-        configs = make_configs(workdir)
-        chosen = [c for c in configs.values() if only is None or c.name in only or c.name == "none"]
-        for config in chosen:  # warm up: imports, caches, the writer thread
-            timed_block(agent, config, 5)
-        samples: dict[str, list[float]] = {c.name: [] for c in chosen}
-        rng = random.Random(7)
-        gc.collect()
-        for _ in range(rounds):
-            order = list(chosen)
-            rng.shuffle(order)
-            for config in order:
-                samples[config.name].append(timed_block(agent, config, runs))
-        for config in chosen:
-            if config.name not in ("none", "null"):
-                recorded = config.count()
-                if recorded != config.given:
-                    print(f"!! {config.name} recorded {recorded} of {config.given} runs", file=sys.stderr)
-        base = statistics.median(samples["none"]) * 1000
-        print(f"rounds={rounds} runs/round={runs}  baseline (none): {base:.3f} ms/run")
-        added: dict[str, float] = {}
-        for config in chosen:
-            if config.name == "none":
-                continue
-            diffs = [(s - n) * 1000 for s, n in zip(samples[config.name], samples["none"], strict=True)]
-            added[config.name] = statistics.median(diffs)
-        floor = added.get("floor")
-        print(f"{'config':<12}{'added ms/run':>14}{'x floor':>10}")
-        for name, value in added.items():
-            ratio = f"{value / floor:.2f}" if floor else "-"
-            print(f"{name:<12}{value:>14.3f}{ratio:>10}")
+        try:
+            _measure(agent, workdir, rounds, runs, only, postgres)
+        finally:
+            if postgres is not None and _SCHEMAS:
+                _drop_schemas(postgres)
+
+
+def _measure(
+    agent: Any, workdir: str, rounds: int, runs: int, only: list[str] | None, postgres: str | None
+) -> None:
+    configs = make_configs(workdir, postgres)
+    chosen = [c for c in configs.values() if only is None or c.name in only or c.name == "none"]
+    for config in chosen:  # warm up: imports, caches, the writer thread
+        timed_block(agent, config, 5)
+    samples: dict[str, list[float]] = {c.name: [] for c in chosen}
+    rng = random.Random(7)
+    gc.collect()
+    for _ in range(rounds):
+        order = list(chosen)
+        rng.shuffle(order)
+        for config in order:
+            samples[config.name].append(timed_block(agent, config, runs))
+    for config in chosen:
+        if config.name not in ("none", "null"):
+            recorded = config.count()
+            if recorded != config.given:
+                print(f"!! {config.name} recorded {recorded} of {config.given} runs", file=sys.stderr)
+    base = statistics.median(samples["none"]) * 1000
+    print(f"rounds={rounds} runs/round={runs}  baseline (none): {base:.3f} ms/run")
+    added: dict[str, float] = {}
+    for config in chosen:
+        if config.name == "none":
+            continue
+        diffs = [(s - n) * 1000 for s, n in zip(samples[config.name], samples["none"], strict=True)]
+        added[config.name] = statistics.median(diffs)
+    floor = added.get("floor")
+    print(f"{'config':<12}{'added ms/run':>14}{'x floor':>10}")
+    for name, value in added.items():
+        ratio = f"{value / floor:.2f}" if floor else "-"
+        print(f"{name:<12}{value:>14.3f}{ratio:>10}")
 
 
 def profile(name: str, runs: int, top: int) -> None:
@@ -151,11 +206,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="configurations to time (plus none)")
     parser.add_argument("--profile", help="profile one configuration with cProfile instead")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--postgres", help="also time the PostgreSQL store and the spooled fleet setup")
     args = parser.parse_args()
     if args.profile:
         profile(args.profile, args.runs * 10, args.top)
     else:
-        measure(args.rounds, args.runs, args.only)
+        measure(args.rounds, args.runs, args.only, args.postgres)
 
 
 if __name__ == "__main__":
