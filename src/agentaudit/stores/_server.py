@@ -112,7 +112,7 @@ class ServerStore:
     agentaudit schema is refused with `StoreError`.
     """
 
-    dialect_class: type[Dialect] = Dialect
+    dialect_class: type[Dialect]  # each database's store names its own
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ less, and the SQL that runs is the SQL a reader sees.
 
 from __future__ import annotations
 
+import abc
 import re
 import urllib.parse
 from collections.abc import Sequence
@@ -43,7 +44,7 @@ FAILING = "status IN ('failed', 'timeout', 'abandoned')"
 HAS_ERROR = f"(error <> '' OR {FAILING})"
 
 
-class Dialect:
+class Dialect(abc.ABC):
     """The database-specific parts of the server stores."""
 
     name = ""
@@ -55,17 +56,20 @@ class Dialect:
         self.url = url
 
     # -- connections -------------------------------------------------------------------
+    @abc.abstractmethod
     def connect(self, *, read_only: bool = False) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def is_refusal(self, exc: BaseException) -> bool:
         """The database refused one item (a duplicate key, a value that does not fit):
         retrying the same item cannot help."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def is_disconnect(self, exc: BaseException) -> bool:
         """The connection is unusable: open a new one before retrying."""
-        raise NotImplementedError
+        ...
 
     def redacted_url(self) -> str:
         """The URL with its password masked (for messages and logs)."""
@@ -87,49 +91,59 @@ class Dialect:
         return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
 
     # -- SQL pieces --------------------------------------------------------------------
+    @abc.abstractmethod
     def lock_migrations(self, cur: Any) -> None:
-        raise NotImplementedError
+        ...
 
     def summary_setup(self) -> Sequence[str]:
         """Statements run in `summary`'s transaction before its queries."""
         return ()
 
     def unlock_migrations(self, cur: Any) -> None:
-        pass
+        return None  # a transaction-scoped lock (PostgreSQL) ends with the transaction
 
+    @abc.abstractmethod
     def table_exists_sql(self) -> str:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def day_sql(self, column: str) -> str:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def duration_sql(self) -> str:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def duration_ms_sql(self) -> str:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def number_sql(self, column: str, key: str) -> str:
         """A top-level number of a JSON payload, NULL when absent or not a number
         (never an error: a hand-edited payload must not fail a summary)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def percentiles_sql(self, inner: str) -> str:
         """(k, p50, p95) per group of ``inner``'s (k, v) rows with v not NULL,
         interpolated between the nearest values (numpy's default)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def text_match_sql(self, words: Sequence[str]) -> tuple[str, list[Any]]:
         """A condition on ``runs``: every word (as a prefix) is somewhere in the run's
         input, output or error or in its events' text (the database's full-text index)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def expires_sql(self) -> str:
         """The database's clock plus ``%s`` seconds (leases use one clock for all hosts)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def now_sql(self) -> str:
-        raise NotImplementedError
+        ...
 
     def events_key_sql(self) -> str:
         """The condition that finds one run's events (``%s`` parameters: see
@@ -141,13 +155,15 @@ class Dialect:
 
     def ensure_partitions(self, conn: Any, months: Sequence[date]) -> None:
         """Create the event partitions of these months if missing (PostgreSQL)."""
+        return None  # a database without partitions has none to create
 
     def whole_partitions(self, cur: Any, before: datetime) -> list[tuple[str, date, date]]:
         """The event partitions wholly before ``before``: (name, first day, end)."""
         return []
 
+    @abc.abstractmethod
     def migrations(self) -> Sequence[Sequence[str]]:
-        raise NotImplementedError
+        ...
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------
