@@ -34,6 +34,7 @@ __all__ = [
     "exempt_test_reads",
     "no_blocking_on_event_loops",
     "paired_tool_events",
+    "store_under_test",
 ]
 
 
@@ -365,6 +366,29 @@ def exempt_test_reads(store: Any, *, tests_dir: str | os.PathLike[str], own: Ite
             return _tests_own_read(_read, *args, **kwargs)
 
         setattr(store, name, wrapper)
+
+
+@contextlib.contextmanager
+def store_under_test(
+    kind: str, directory: str | os.PathLike[str], *, tests_dir: str | os.PathLike[str],
+    own: Iterable[ModuleType],
+) -> Iterator[Any]:
+    """An adapter suite's store: ``"memory"``, or ``"sqlite"`` (a file in ``directory``,
+    the test's own reads exempted as `exempt_test_reads` says; at the end everything
+    written must have landed: nothing failed, nothing dropped)."""
+    if kind == "memory":
+        yield MemoryStore()
+        return
+    if kind != "sqlite":
+        raise ValueError(f"kind must be 'memory' or 'sqlite', got {kind!r}")
+    from .stores.sqlite import SQLiteStore
+
+    sqlite = SQLiteStore(Path(directory) / "audit.db")
+    exempt_test_reads(sqlite, tests_dir=tests_dir, own=own)
+    yield sqlite
+    sqlite.flush(timeout=10)
+    assert (sqlite.failed, sqlite.dropped) == (0, 0), "the SQLite store failed or dropped writes"
+    sqlite.close()
 
 
 @contextlib.contextmanager

@@ -24,15 +24,8 @@ _TESTS = Path(__file__).resolve().parent
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[aa.Store]:
     """Each test runs on both stores: the SQLite one is where a hook or a run's close
     could block an event loop's thread (its writer thread, its commits)."""
-    if request.param == "memory":
-        yield aa.MemoryStore()
-        return
-    sqlite = aa.SQLiteStore(tmp_path / "audit.db")
-    aa_testing.exempt_test_reads(sqlite, tests_dir=_TESTS, own=_OWN)
-    yield sqlite
-    sqlite.flush(timeout=10)
-    assert (sqlite.failed, sqlite.dropped) == (0, 0)
-    sqlite.close()
+    with aa_testing.store_under_test(request.param, tmp_path, tests_dir=_TESTS, own=_OWN) as store:
+        yield store
 
 
 @pytest.fixture
