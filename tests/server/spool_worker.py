@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--hold-more", type=Path, default=None)
     parser.add_argument("--no-close", action="store_true", help="exit without closing the store")
     args = parser.parse_args()
+    # the forwarder's log on stderr: a failing test shows why shipping stopped
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(threadName)s %(message)s")
 
     store = aa.open_store(args.db, spool=args.spool, lease_ttl=args.lease_ttl, drain_timeout=args.drain)
     auditor = aa.Auditor(store)

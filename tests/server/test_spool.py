@@ -245,7 +245,10 @@ def test_a_killed_process_runs_become_abandoned_once_after_its_lease(pg: PgClust
 def test_a_live_worker_reaps_and_a_host_that_comes_back_delivers_late(pg: PgCluster, tmp_path: Path) -> None:
     go = tmp_path / "go"
     sleeper, _, sleeper_ledger = worker(
-        pg, tmp_path, "sleeper", "--runs", "2", "--hold", "--hold-until", str(go), "--lease-ttl", "1"
+        # --drain: a bound on a hang (close returns as soon as all is shipped); the
+        # default 5 s was once too short for a loaded CI machine.
+        pg, tmp_path, "sleeper", "--runs", "2", "--hold", "--hold-until", str(go), "--lease-ttl", "1",
+        "--drain", "60",
     )
     watcher, _, _ = worker(pg, tmp_path, "watcher", "--runs", "0", "--hold", "--lease-ttl", "1")
     server = aa.open_store(pg.url)
@@ -262,7 +265,7 @@ def test_a_live_worker_reaps_and_a_host_that_comes_back_delivers_late(pg: PgClus
         go.touch()
         out, err = sleeper.communicate(timeout=120)
         assert sleeper.returncode == 0, err
-        assert json.loads(out.splitlines()[-1]) == {"runs": 0, "events": 0}
+        assert json.loads(out.splitlines()[-1]) == {"runs": 0, "events": 0}, err
     finally:
         for proc in (sleeper, watcher):
             proc.kill()
