@@ -446,6 +446,20 @@ _PG_MIGRATIONS: Sequence[Sequence[str]] = (
 # -- MariaDB / MySQL -------------------------------------------------------------------------
 
 
+_MYSQL_TIMEOUTS = ("connect_timeout", "read_timeout", "write_timeout")
+
+
+def _timeout_seconds(name: str, text: str) -> float:
+    """A URL's timeout parameter: seconds, more than 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 86_400:
+        raise ValueError(f"{name} in a mysql:// URL is seconds, more than 0 and at most 86400; got {text!r}")
+    return value
+
+
 class MySQLDialect(Dialect):
     """PyMySQL against MariaDB 10.6+ or MySQL 8. Times are ``DATETIME(6)`` in UTC (the
     session's time zone is +00:00); text is utf8mb4 with binary collation, so
@@ -480,8 +494,20 @@ class MySQLDialect(Dialect):
             "autocommit": True,
             "connect_timeout": 10,
         }
+        unknown = sorted(set(query) - {"unix_socket", *_MYSQL_TIMEOUTS})
+        if unknown:
+            raise ValueError(
+                f"a mysql:// URL takes the parameters unix_socket, {', '.join(_MYSQL_TIMEOUTS)}; "
+                f"got {', '.join(unknown)}"
+            )
         if "unix_socket" in query:
             self._params["unix_socket"] = query["unix_socket"]
+        # A network cut that sends no reset leaves a read waiting for the kernel's
+        # retransmissions (minutes): read_timeout/write_timeout bound it, as libpq's
+        # keepalive parameters do for PostgreSQL.
+        for name in _MYSQL_TIMEOUTS:
+            if name in query:
+                self._params[name] = _timeout_seconds(name, query[name])
 
     def connect(self, *, read_only: bool = False) -> Any:
         pymysql = self._pymysql
