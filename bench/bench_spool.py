@@ -10,8 +10,9 @@
    again. Reported: the backlog when the server returned, and how long the forwarder
    took to drain it (from the restart to an empty backlog), while the agent goes on.
 
-Every PostgreSQL here is a throwaway cluster (tests/server/spoolhelp.PgCluster).
-Run: .venv/bin/python bench/bench_spool.py [--events N] [--pace EVENTS_PER_S] [--outages 10,30]
+Every server here is a throwaway one (tests/server/spoolhelp.PgCluster, or
+MariaCluster with ``--server mariadb``).
+Run: .venv/bin/python bench/bench_spool.py [--server postgresql|mariadb] [--events N] [--pace EVENTS_PER_S] [--outages 10,30]
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import agentaudit as aa
 from agentaudit.stores._forwarder import Forwarder, target_key
-from tests.server.spoolhelp import pg_cluster
+from tests.server.conftest import admin_sql
+from tests.server.spoolhelp import SERVERS, server_cluster
 
 STEP_TEXT = "Let me look up the weather in Paris before answering the question the user asked."
 
@@ -42,9 +44,9 @@ def record(auditor: aa.Auditor, runs: int, events_per_run: int) -> None:
         writer.close()
 
 
-def shipping_rate(events: int) -> dict[str, float]:
+def shipping_rate(server: str, events: int) -> dict[str, float]:
     runs = events // 10
-    with tempfile.TemporaryDirectory() as tmp, pg_cluster() as pg:
+    with tempfile.TemporaryDirectory() as tmp, server_cluster(server) as pg:
         spool_path = os.path.join(tmp, "spool.db")
         spool = aa.SQLiteStore(spool_path)
         start = time.perf_counter()
@@ -79,9 +81,9 @@ def shipped_event_id(spool: str) -> int:
     return int(row[0] or 0)
 
 
-def outage(seconds: float, pace: float) -> dict[str, float]:
+def outage(server: str, seconds: float, pace: float) -> dict[str, float]:
     """An agent at ``pace`` events/s (runs of 5 events); the server down ``seconds``."""
-    with tempfile.TemporaryDirectory() as tmp, pg_cluster() as pg:
+    with tempfile.TemporaryDirectory() as tmp, server_cluster(server) as pg:
         store = aa.open_store(pg.url, spool=os.path.join(tmp, "spool.db"), max_backoff=1.0)
         auditor = aa.Auditor(store)
         stop = threading.Event()
@@ -114,11 +116,8 @@ def outage(seconds: float, pace: float) -> dict[str, float]:
         thread.join()
         faults = auditor.faults.total
         store.close()
-        import psycopg
-
-        with psycopg.connect(pg.url) as conn:
-            row = conn.execute("SELECT count(*) FROM events").fetchone()
-        on_server = int(row[0]) if row else 0
+        [row] = admin_sql(pg.url, "SELECT count(*) FROM events")
+        on_server = int(row[0])
     return {
         "outage_s": seconds,
         "backlog_events": backlog.events,
@@ -134,16 +133,17 @@ def outage(seconds: float, pace: float) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--server", choices=SERVERS, default="postgresql")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--pace", type=float, default=500.0, help="the agent's events/s during the outage runs")
     parser.add_argument("--outages", default="10,30")
     args = parser.parse_args()
-    rate = shipping_rate(args.events)
+    rate = shipping_rate(args.server, args.events)
     print(f"shipping {rate['events']:,} events: spool written at {rate['spool_write_eps']:,.0f} events/s, "
           f"shipped at {rate['ship_eps']:,.0f} events/s ({rate['batches']} batches); "
           f"ship/write = {rate['ship_eps'] / rate['spool_write_eps']:.2f}x")
     for seconds in (float(s) for s in args.outages.split(",")):
-        result = outage(seconds, args.pace)
+        result = outage(args.server, seconds, args.pace)
         print(f"outage {seconds:g} s at {args.pace:,.0f} events/s: backlog {result['backlog_events']:,} events "
               f"/ {result['backlog_runs']:,} runs, drained in {result['drain_s']:.2f} s after the restart "
               f"(agent faults: {result['agent_faults']}, events lost: {result['lost']}); then {result['lag_events']} events waiting, "

@@ -405,7 +405,7 @@ def test_the_retention_floor_refuses_a_purge_inside_it_and_deletes_nothing(tmp_p
             store.set_retention_floor(timedelta(0))
 
 
-def test_held_runs_are_never_purged_or_deleted(tmp_path, keys):
+def test_held_runs_are_never_purged_deleted_or_erased(tmp_path, keys):
     db = tmp_path / "a.db"
     with aa.SQLiteStore(db, checkpoints=policy(tmp_path, keys)) as store:
         held, other = record_run(store), record_run(store)
@@ -415,8 +415,12 @@ def test_held_runs_are_never_purged_or_deleted(tmp_path, keys):
             store.delete_run(held)
         assert store.purge(datetime.now(timezone.utc) + timedelta(seconds=1)) == 1  # the other one
         assert store.get_run(held) is not None and store.get_run(other) is None
+        with pytest.raises(aa.RetentionError, match="legal hold"):
+            store.erase(held)  # a privacy erase waits for the hold to be lifted
+        assert store.verify(held).state == "intact"
         assert store.release([held]) == [held]
         assert store.release([held]) == []
+        assert store.erase(held) > 0
         assert store.delete_run(held)
         with pytest.raises(aa.RunNotFoundError):
             store.hold(["no-such-run"])

@@ -3,6 +3,9 @@
 - `PgCluster`: a throwaway PostgreSQL cluster the test starts itself (``initdb`` and
   ``pg_ctl`` on a free port, as the ``postgres`` user), so stopping it mid-stream
   never touches the machine's shared server;
+- `MariaCluster`: the same for MariaDB (``mariadb-install-db``, then ``mariadbd`` on
+  a free port, as a child of the test); `server_cluster` starts either by name, so
+  the outage and kill scenarios run against both servers;
 - `need_tools`: the tools a test needs; missing ones skip it, or fail it with
   ``CI=true``;
 - `ledger` reading: the workers (``spool_worker.py``) append one JSON line per run
@@ -16,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -46,7 +50,7 @@ def pg_tool(name: str) -> str | None:
     return shutil.which(name)
 
 
-def need_tools(*names: str, root: bool = False) -> dict[str, str]:
+def need_tools(*names: str, root: bool = False, driver: str = "psycopg") -> dict[str, str]:
     found = {}
     for name in names:
         path = pg_tool(name) if name in ("initdb", "pg_ctl", "postgres") else shutil.which(name)
@@ -56,9 +60,10 @@ def need_tools(*names: str, root: bool = False) -> dict[str, str]:
     if root and os.geteuid() != 0:
         missing("this test needs root (network namespaces)")
     try:
-        import psycopg  # noqa: F401
+        __import__(driver)
     except ImportError:
-        missing("psycopg is not installed (pip install 'agentaudit[postgres]')")
+        extra = "postgres" if driver == "psycopg" else "mysql"
+        missing(f"{driver} is not installed (pip install 'agentaudit[{extra}]')")
     return found
 
 
@@ -127,6 +132,118 @@ class PgCluster:
 @contextlib.contextmanager
 def pg_cluster(**options: Any) -> Iterator[PgCluster]:
     cluster = PgCluster(**options)
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+MARIADB_DAEMONS = ("/usr/sbin/mariadbd", "/usr/sbin/mysqld", "/usr/libexec/mariadbd")
+
+
+class MariaCluster:
+    """A MariaDB server of its own in a temporary directory (root, no password,
+    reached over TCP on a free port), with a database ``test``: the same interface
+    as `PgCluster`. ``stop("immediate")`` kills it (SIGKILL: a crash, recovered at
+    the next start); ``stop("fast")`` shuts it down (SIGTERM)."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+        tools = need_tools("mariadb-install-db", driver="pymysql")
+        self.install_db = tools["mariadb-install-db"]
+        daemon = next((path for path in MARIADB_DAEMONS if os.access(path, os.X_OK)), None)
+        daemon = daemon or shutil.which("mariadbd")
+        if daemon is None:
+            missing("mariadbd is not installed")
+        self.daemon: str = daemon  # type: ignore[assignment]
+        self.host = host
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="aa-mariacluster-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "server.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        # mariadbd refuses to run as root unless told to
+        self._user = ["--user=root"] if os.geteuid() == 0 else []
+        # Small, and no native AIO: io_uring/AIO limits are shared with every other
+        # database on the machine (bootstraps failed now and then on a busy one).
+        self._innodb = ["--innodb-use-native-aio=0", "--innodb-buffer-pool-size=32M"]
+
+    @property
+    def url(self) -> str:
+        return f"mysql://root@{self.host}:{self.port}/test"
+
+    def init(self) -> None:
+        done = subprocess.run(
+            [self.install_db, "--no-defaults", f"--datadir={self.data}", *self._user,
+             "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve",
+             *self._innodb],
+            capture_output=True, text=True, timeout=300, check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"mariadb-install-db failed ({done.returncode}):\n{done.stdout[-6000:]}\n{done.stderr[-6000:]}")
+
+    def start(self) -> None:
+        # innodb_flush_log_at_trx_commit=2: a commit survives the server process being
+        # killed (not the machine crashing), as PgCluster's fsync=off does.
+        argv = [
+            self.daemon, "--no-defaults", f"--datadir={self.data}", f"--socket={self.dir / 'sock'}",
+            f"--pid-file={self.dir / 'server.pid'}", f"--port={self.port}", f"--bind-address={self.host}",
+            f"--log-error={self.log}", *self._user, *self._innodb, "--skip-name-resolve", "--skip-log-bin",
+            "--max-connections=200", "--innodb-flush-log-at-trx-commit=2",
+        ]
+        with open(self.dir / "stdout.log", "ab") as out:
+            self._proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        import pymysql
+
+        deadline = time.monotonic() + 120
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"mariadbd exited with {self._proc.returncode}: {self.log_text()}")
+            try:
+                conn = pymysql.connect(host=self.host, port=self.port, user="root", password="",
+                                       autocommit=True, connect_timeout=2)
+                break
+            except pymysql.Error:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mariadbd did not accept connections in 120 s: {self.log_text()}") from None
+                time.sleep(0.1)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("CREATE DATABASE IF NOT EXISTS test CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        finally:
+            conn.close()
+
+    def stop(self, mode: str = "immediate") -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGKILL if mode == "immediate" else signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text()[-4000:]
+        except OSError:
+            return ""
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+Cluster = PgCluster | MariaCluster
+SERVERS = ("postgresql", "mariadb")
+
+
+@contextlib.contextmanager
+def server_cluster(server: str) -> Iterator[Cluster]:
+    """A started throwaway server: ``"postgresql"`` or ``"mariadb"``."""
+    cluster: Cluster = PgCluster() if server == "postgresql" else MariaCluster()
     try:
         cluster.init()
         cluster.start()

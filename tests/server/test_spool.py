@@ -1,8 +1,10 @@
-"""Store-and-forward against a real PostgreSQL (issue 14, deliver 2, 3 and 6).
+"""Store-and-forward against a real PostgreSQL and a real MariaDB (issue 14, deliver 2,
+3 and 6).
 
-Every test starts a PostgreSQL cluster of its own (`spoolhelp.PgCluster`: initdb +
-pg_ctl on a free port), so it can stop the server mid-stream without touching the
-machine's shared one. What they check is what a fleet relies on:
+Every test starts a server of its own, once per kind (`spoolhelp.PgCluster`: initdb +
+pg_ctl on a free port; `spoolhelp.MariaCluster`: mariadb-install-db + mariadbd), so
+it can stop the server mid-stream without touching the machine's shared one. What
+they check is what a fleet relies on:
 
 - a database outage loses nothing acknowledged; the agent never waits for it; the
   backlog is visible (Python and ``agentaudit status``) and drains afterwards; every
@@ -38,21 +40,23 @@ import agentaudit as aa
 from agentaudit.stores._forwarder import _as_running
 from agentaudit.stores.spool import SpooledStore
 from tests.server.spoolhelp import (
+    SERVERS,
     WORKER,
-    PgCluster,
+    Cluster,
     need_tools,
-    pg_cluster,
     read_ledger,
+    server_cluster,
     wait_for,
 )
 
 AGENTAUDIT = [sys.executable, "-m", "agentaudit.cli"]
 
 
-@pytest.fixture
-def pg() -> Iterator[PgCluster]:
-    with pg_cluster() as cluster:
-        yield cluster
+@pytest.fixture(params=SERVERS)
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A throwaway server of each kind in turn."""
+    with server_cluster(request.param) as started:
+        yield started
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -62,10 +66,10 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def worker(pg: PgCluster, tmp: Path, name: str, *args: str) -> tuple[subprocess.Popen[str], Path, Path]:
+def worker(cluster: Cluster, tmp: Path, name: str, *args: str) -> tuple[subprocess.Popen[str], Path, Path]:
     spool, ledger = tmp / f"{name}.spool.db", tmp / f"{name}.ledger"
     proc = subprocess.Popen(
-        [sys.executable, str(WORKER), "--db", pg.url, "--spool", str(spool), "--ledger", str(ledger),
+        [sys.executable, str(WORKER), "--db", cluster.url, "--spool", str(spool), "--ledger", str(ledger),
          "--name", name, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -100,9 +104,9 @@ def backlog_json(spool: Path, url: str | None = None) -> list[dict[str, Any]]:
 # -- the outage ------------------------------------------------------------------------
 
 
-def test_outage_loses_nothing_acknowledged_and_the_backlog_drains(pg: PgCluster, tmp_path: Path) -> None:
+def test_outage_loses_nothing_acknowledged_and_the_backlog_drains(cluster: Cluster, tmp_path: Path) -> None:
     spool = tmp_path / "spool.db"
-    store = aa.open_store(pg.url, spool=str(spool), max_backoff=0.5)
+    store = aa.open_store(cluster.url, spool=str(spool), max_backoff=0.5)
     assert isinstance(store, SpooledStore)
     auditor = aa.Auditor(store)
     acked: dict[str, int] = {}
@@ -125,7 +129,7 @@ def test_outage_loses_nothing_acknowledged_and_the_backlog_drains(pg: PgCluster,
     thread.start()
     try:
         wait_for(lambda: store.forwarder.shipped_events >= 100, 60, "the first runs to ship")
-        pg.stop("immediate")  # a crash of the database server, mid-stream
+        cluster.stop("immediate")  # a crash of the database server, mid-stream
         at_outage = len(acked)
         # The agent goes on while the server is down: its runs close against the spool.
         wait_for(lambda: len(acked) >= at_outage + 200, 60, "the agent to keep recording during the outage")
@@ -136,7 +140,7 @@ def test_outage_loses_nothing_acknowledged_and_the_backlog_drains(pg: PgCluster,
         [shown] = backlog_json(spool)
         assert shown["runs"] > 0 and shown["events"] > 0 and shown["target"] == store.forwarder.target
         assert cli("status", "--spool", str(spool), "--max-age", "0").returncode == 1
-        pg.start()
+        cluster.start()
         at_return = len(acked)
         wait_for(lambda: len(acked) >= at_return + 50, 60, "more runs after the server returned")
     finally:
@@ -147,16 +151,16 @@ def test_outage_loses_nothing_acknowledged_and_the_backlog_drains(pg: PgCluster,
     assert auditor.faults.total == 0  # nothing of the outage reached the agent
     assert store.count_runs() == len(acked)
     store.close()
-    with aa.open_store(pg.url) as server:
+    with aa.open_store(cluster.url) as server:
         check_on_server(server, acked)
     [after] = backlog_json(spool)
     assert (after["runs"], after["events"]) == (0, 0)
     assert cli("status", "--spool", str(spool), "--max-age", "0").returncode == 0
 
 
-def test_resending_never_duplicates_nor_reopens_a_finished_run(pg: PgCluster, tmp_path: Path) -> None:
+def test_resending_never_duplicates_nor_reopens_a_finished_run(cluster: Cluster, tmp_path: Path) -> None:
     spool = tmp_path / "spool.db"
-    store = aa.open_store(pg.url, spool=str(spool))
+    store = aa.open_store(cluster.url, spool=str(spool))
     auditor = aa.Auditor(store)
     acked = {}
     for i in range(30):
@@ -169,7 +173,7 @@ def test_resending_never_duplicates_nor_reopens_a_finished_run(pg: PgCluster, tm
     open_run.log_event("tick", {"k": 0})
     assert store.sync(timeout=60)
     store.close()
-    with aa.open_store(pg.url) as server:
+    with aa.open_store(cluster.url) as server:
         before = {run.run_id: (run.status, len(server.get_logs(run.run_id))) for run in server.iter_runs()}
     assert len(before) == 31
 
@@ -179,11 +183,11 @@ def test_resending_never_duplicates_nor_reopens_a_finished_run(pg: PgCluster, tm
     conn.execute("DELETE FROM spool_open_runs")
     conn.commit()
     conn.close()
-    done = cli("forward", "--spool", str(spool), "--db", pg.url)
+    done = cli("forward", "--spool", str(spool), "--db", cluster.url)
     assert done.returncode == 0, done.stderr
     assert "shipped 30 finished runs and" in done.stdout
 
-    with aa.open_store(pg.url) as server:
+    with aa.open_store(cluster.url) as server:
         after = {run.run_id: (run.status, len(server.get_logs(run.run_id))) for run in server.iter_runs()}
         assert after == before
         check_on_server(server, acked)
@@ -199,11 +203,11 @@ def test_resending_never_duplicates_nor_reopens_a_finished_run(pg: PgCluster, tm
 # -- liveness: leases --------------------------------------------------------------------
 
 
-def test_a_killed_process_runs_become_abandoned_once_after_its_lease(pg: PgCluster, tmp_path: Path) -> None:
-    proc, _spool, ledger = worker(pg, tmp_path, "victim", "--runs", "3", "--hold", "--lease-ttl", "1")
+def test_a_killed_process_runs_become_abandoned_once_after_its_lease(cluster: Cluster, tmp_path: Path) -> None:
+    proc, _spool, ledger = worker(cluster, tmp_path, "victim", "--runs", "3", "--hold", "--lease-ttl", "1")
     try:
         held = wait_for(lambda: held_run(ledger), 60, "the worker to hold a run open")
-        server = aa.open_store(pg.url)
+        server = aa.open_store(cluster.url)
         wait_for(lambda: len(server.get_logs(held["held"])) == 3, 60, "the held run's events on the server")
         assert server.get_run(held["held"]).status is aa.RunStatus.RUNNING
         os.kill(proc.pid, signal.SIGKILL)
@@ -215,7 +219,7 @@ def test_a_killed_process_runs_become_abandoned_once_after_its_lease(pg: PgClust
              "the killed process's lease to expire")
 
     # Four reapers at once, each with its own connection: the run is marked once.
-    reapers = [aa.open_store(pg.url) for _ in range(4)]
+    reapers = [aa.open_store(cluster.url) for _ in range(4)]
     start = threading.Barrier(len(reapers))
     marked: list[list[str]] = []
 
@@ -236,22 +240,22 @@ def test_a_killed_process_runs_become_abandoned_once_after_its_lease(pg: PgClust
     assert f"process {held['pid']}" in run.error and "lease" in run.error
     assert server.verify(held["held"]).ok
     assert [lease for lease in server.expired_leases() if lease.pid == held["pid"]] == []
-    done = cli("reap", "--db", pg.url)  # nothing left to reap
+    done = cli("reap", "--db", cluster.url)  # nothing left to reap
     assert done.returncode == 0 and "marked 0 runs abandoned" in done.stdout, done.stderr + done.stdout
     check_on_server(server, acked)  # the finished runs are untouched
     server.close()
 
 
-def test_a_live_worker_reaps_and_a_host_that_comes_back_delivers_late(pg: PgCluster, tmp_path: Path) -> None:
+def test_a_live_worker_reaps_and_a_host_that_comes_back_delivers_late(cluster: Cluster, tmp_path: Path) -> None:
     go = tmp_path / "go"
     sleeper, _, sleeper_ledger = worker(
         # --drain: a bound on a hang (close returns as soon as all is shipped); the
         # default 5 s was once too short for a loaded CI machine.
-        pg, tmp_path, "sleeper", "--runs", "2", "--hold", "--hold-until", str(go), "--lease-ttl", "1",
+        cluster, tmp_path, "sleeper", "--runs", "2", "--hold", "--hold-until", str(go), "--lease-ttl", "1",
         "--drain", "60",
     )
-    watcher, _, _ = worker(pg, tmp_path, "watcher", "--runs", "0", "--hold", "--lease-ttl", "1")
-    server = aa.open_store(pg.url)
+    watcher, _, _ = worker(cluster, tmp_path, "watcher", "--runs", "0", "--hold", "--lease-ttl", "1")
+    server = aa.open_store(cluster.url)
     try:
         held = wait_for(lambda: held_run(sleeper_ledger), 60, "the sleeper to hold a run open")
         run_id = held["held"]
@@ -285,20 +289,20 @@ def test_a_live_worker_reaps_and_a_host_that_comes_back_delivers_late(pg: PgClus
 # -- exit and crash: what the spool keeps, and `agentaudit forward` -------------------------
 
 
-def test_exit_drains_and_forward_ships_what_a_dead_process_left(pg: PgCluster, tmp_path: Path) -> None:
+def test_exit_drains_and_forward_ships_what_a_dead_process_left(cluster: Cluster, tmp_path: Path) -> None:
     # A process exiting without close: the exit hook ships its spool before it ends.
-    proc, _, ledger = worker(pg, tmp_path, "leaver", "--runs", "20", "--no-close")
+    proc, _, ledger = worker(cluster, tmp_path, "leaver", "--runs", "20", "--no-close")
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     acked = {e["run_id"]: e["events"] for e in read_ledger(ledger) if "run_id" in e}
     assert len(acked) == 20
-    with aa.open_store(pg.url) as server:
+    with aa.open_store(cluster.url) as server:
         check_on_server(server, acked)
 
     # The server down for the whole life of a process, which is then killed: its spool
     # keeps everything, and `agentaudit forward` ships it once the server is back.
-    pg.stop("fast")
-    proc, spool, ledger = worker(pg, tmp_path, "stranded", "--runs", "15", "--hold", "--drain", "1")
+    cluster.stop("fast")
+    proc, spool, ledger = worker(cluster, tmp_path, "stranded", "--runs", "15", "--hold", "--drain", "1")
     try:
         held = wait_for(lambda: held_run(ledger), 60, "the stranded worker to record")
         os.kill(proc.pid, signal.SIGKILL)
@@ -307,27 +311,27 @@ def test_exit_drains_and_forward_ships_what_a_dead_process_left(pg: PgCluster, t
         proc.wait()
     acked = {e["run_id"]: e["events"] for e in read_ledger(ledger) if "run_id" in e}
     assert len(acked) == 15
-    [waiting] = backlog_json(spool, pg.url)
+    [waiting] = backlog_json(spool, cluster.url)
     assert waiting["runs"] == 16 and waiting["events"] >= 15 * 5 + 3
-    down = cli("forward", "--spool", str(spool), "--db", pg.url, "--timeout", "2")
+    down = cli("forward", "--spool", str(spool), "--db", cluster.url, "--timeout", "2")
     assert down.returncode == 1 and "not done: " in down.stderr  # still down: says so, keeps it
     # Opening the spool marked the dead process's run abandoned there (this host, its pid gone).
     assert "marked 1 runs of ended processes abandoned in the spool" in down.stdout
-    pg.start()
-    done = cli("forward", "--spool", str(spool), "--db", pg.url)
+    cluster.start()
+    done = cli("forward", "--spool", str(spool), "--db", cluster.url)
     assert done.returncode == 0, done.stderr
     assert "shipped 16 finished runs" in done.stdout
-    with aa.open_store(pg.url) as server:
+    with aa.open_store(cluster.url) as server:
         check_on_server(server, acked)
         dead = server.get_run(held["held"])
         assert dead.status is aa.RunStatus.ABANDONED and str(held["pid"]) in dead.error
         assert server.verify(held["held"]).ok
-    assert backlog_json(spool, pg.url)[0]["runs"] == 0
+    assert backlog_json(spool, cluster.url)[0]["runs"] == 0
 
 
-def test_a_process_that_cannot_reach_the_server_exits_within_its_bound(pg: PgCluster, tmp_path: Path) -> None:
-    pg.stop("fast")
-    proc, _spool, ledger = worker(pg, tmp_path, "unlucky", "--runs", "5", "--drain", "1")
+def test_a_process_that_cannot_reach_the_server_exits_within_its_bound(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.stop("fast")
+    proc, _spool, ledger = worker(cluster, tmp_path, "unlucky", "--runs", "5", "--drain", "1")
     out, err = proc.communicate(timeout=120)  # a hang here would fail the test
     assert proc.returncode == 0, err
     assert json.loads(out.splitlines()[-1]) == {"runs": 5, "events": 25}
@@ -351,11 +355,14 @@ def test_bad_spool_setups_are_refused_where_they_are_given(tmp_path: Path) -> No
     assert not os.path.exists(spool)
 
 
-def test_a_store_opened_while_the_server_is_down_records_at_once(tmp_path: Path) -> None:
-    need_tools()
-    port = 1  # nothing listens there: the server is "down" from the start
-    store = aa.open_store(f"postgresql://nobody@127.0.0.1:{port}/x?connect_timeout=1", spool=str(tmp_path / "s.db"),
-                          drain_timeout=0.5)
+@pytest.mark.parametrize(("driver", "url"), [
+    ("psycopg", "postgresql://nobody@127.0.0.1:1/x?connect_timeout=1"),
+    ("pymysql", "mysql://nobody@127.0.0.1:1/x"),
+], ids=SERVERS)
+def test_a_store_opened_while_the_server_is_down_records_at_once(driver: str, url: str, tmp_path: Path) -> None:
+    need_tools(driver=driver)
+    # port 1: nothing listens there, the server is "down" from the start
+    store = aa.open_store(url, spool=str(tmp_path / "s.db"), drain_timeout=0.5)
     auditor = aa.Auditor(store)
     writer = auditor.start_run("offline")
     writer.log_event("tick", {})
@@ -370,32 +377,32 @@ def test_a_store_opened_while_the_server_is_down_records_at_once(tmp_path: Path)
 
 
 def test_a_host_that_died_during_an_outage_delivers_its_tail_after_the_reaper(
-    pg: PgCluster, tmp_path: Path
+    cluster: Cluster, tmp_path: Path
 ) -> None:
     """The server abandoned the run (lease expired); the spool, forwarded later, holds
     more events of it and its own abandoned row: both arrive, the run verifies."""
     more = tmp_path / "more"
-    proc, spool, ledger = worker(pg, tmp_path, "doomed", "--runs", "0", "--hold", "--hold-more", str(more),
+    proc, spool, ledger = worker(cluster, tmp_path, "doomed", "--runs", "0", "--hold", "--hold-more", str(more),
                                  "--lease-ttl", "1")
-    server = aa.open_store(pg.url)
+    server = aa.open_store(cluster.url)
     try:
         held = wait_for(lambda: held_run(ledger), 60, "the worker to hold a run open")
         run_id = held["held"]
         wait_for(lambda: len(server.get_logs(run_id)) == 3, 60, "the held run's events on the server")
         server.close()
-        pg.stop("fast")
+        cluster.stop("fast")
         more.touch()
         wait_for(lambda: any("more" in e for e in read_ledger(ledger)), 60, "two more events in the spool")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
-    pg.start()
-    server = aa.open_store(pg.url)
+    cluster.start()
+    server = aa.open_store(cluster.url)
     wait_for(lambda: server.expired_leases(), 60, "the dead process's lease to expire")
     assert server.reap_expired_leases() == [run_id]
     assert server.verify(run_id).ok and len(server.get_logs(run_id)) == 3
-    done = cli("forward", "--spool", str(spool), "--db", pg.url)
+    done = cli("forward", "--spool", str(spool), "--db", cluster.url)
     assert done.returncode == 0, done.stderr
     run = server.get_run(run_id)
     assert run.status is aa.RunStatus.ABANDONED

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from .._errors import AgentAuditError
 from .._model import TERMINAL_STATUSES, RunFilter, RunStatus
+from ..stores._follow import Follower
 from ..stores.sqlite import SUMMARY_GROUPS, SQLiteStore
 from . import _checkpoints, _export, _fleet, _integrity, _ui
 from ._params import (
@@ -322,17 +323,22 @@ def tail(
                 out.print(event_line(event, shown.get(event.run_id)), soft_wrap=True)
         sys.stdout.flush()
 
+    # The follower takes its place (the newest position, and the empty ones below it)
+    # before the recent events are read: on a server an event whose transaction commits
+    # late lands behind positions already there, and is shown when it does (see _follow).
+    follower = Follower(store, store.last_event_position(), run_id=run_id, event_types=types) if follow else None
     recent = store.recent_events(lines, run_id=run_id, event_types=types) if lines else []
+    if follower is not None:
+        recent = [(position, event) for position, event in recent if position <= follower.cursor]
+        follower.seen(position for position, _event in recent)  # not shown twice
     emit(recent)
-    if not follow:
+    if follower is None:
         return
-    cursor = recent[-1][0] if recent else store.last_event_position()
     try:
         while True:
-            batch = store.events_after(cursor, run_id=run_id, event_types=types)
+            batch = follower.poll()
             if batch:
                 emit(batch)
-                cursor = batch[-1][0]
             else:
                 time.sleep(interval)
     except KeyboardInterrupt:

@@ -4,7 +4,8 @@
 ``retention`` are commands of their own; ``verify --checkpoints/--proof/--bundle``
 and ``export --bundle`` are options added to those commands (see `verify_options`,
 `verify_extras`, `bundle_options`, `export_bundle`), so their code lives here.
-Checkpoints are a feature of SQLite files.
+They work alike on a SQLite file and on a server (``--db postgresql://…``,
+``mysql://…``), where every process's checkpoints join one chain.
 """
 
 from __future__ import annotations
@@ -51,19 +52,26 @@ PUBLIC_KEY_ENV = "AGENTAUDIT_PUBLIC_KEY"
 
 def _path(ctx: click.Context, db: str | None) -> str:
     path = db or (ctx.find_root().obj or {}).get("db") or DEFAULT_DB
-    if "://" in path and not path.startswith("sqlite://"):
-        raise CliError("checkpoints, proofs, bundles and holds are kept in SQLite files only")
+    if path.startswith("memory:"):
+        raise CliError("checkpoints, proofs, bundles and holds are kept in a database: a SQLite "
+                       "file or a server (postgresql://…, mysql://…)")
     return path
 
 
 def _checkpointing_store(ctx: click.Context, db: str | None, signing_key: str | None, sink: str | None) -> Any:
+    from ..stores import open_store
     from ..stores.sqlite import SQLiteStore
 
     path = _path(ctx, db)
-    if path.startswith("sqlite://"):
-        path = path[len("sqlite://"):].removeprefix("/")
     policy = CheckpointPolicy(interval=0, at_close=False, signing_key=signing_key, sink=sink)
-    store = SQLiteStore(path, create=False, checkpoints=policy)
+    if "://" in path and not path.startswith("sqlite://"):
+        # a server: the store takes the database's checkpoint lock, so this chains
+        # to whatever any other process made
+        store = open_store(path, checkpoints=policy)
+    else:
+        if path.startswith("sqlite://"):
+            path = path[len("sqlite://"):].removeprefix("/")
+        store = SQLiteStore(path, create=False, checkpoints=policy)
     ctx.call_on_close(store.close)
     return store
 
@@ -118,7 +126,7 @@ def _sink_option(fn: F) -> F:
 
 def _db_option(fn: F) -> F:
     return click.option("--db", "db", default=None, metavar="PATH",
-                        help="The SQLite audit file (default: the group's --db).")(fn)
+                        help="The audit database: a SQLite file or a server URL (default: the group's --db).")(fn)
 
 
 # -- commands ----------------------------------------------------------------------------

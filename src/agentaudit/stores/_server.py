@@ -20,8 +20,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, fields, replace
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from .._errors import CommitTimeout, RunNotFoundError, StoreError
@@ -48,7 +48,9 @@ from ..payloads import (
     TOOL_CALL,
     TOOL_RESULT,
 )
+from ._checkpoint_log import resolve_policy
 from ._run_ids import MAX_CANDIDATES, ambiguous, prefix_forms, short_id, upper_bound
+from ._server_checkpoints import ServerCheckpoints
 from ._server_dialect import HAS_ERROR, Dialect, midnight, month_start
 from ._server_rows import (
     EVENT_COLUMNS,
@@ -61,6 +63,20 @@ from ._server_rows import (
     run_values,
 )
 from ._server_schema import check_readable, migrate
+from ._server_summary import (
+    GRAIN_DAY,
+    GRAIN_DAY_ALL,
+    GRAIN_MONTH,
+    KINDS,
+    apply_rollup,
+    bucket_sql,
+    forget_runs,
+    keep_rollup,
+    percentiles,
+    rank_buckets_sql,
+    rank_days_sql,
+    read_runs,
+)
 from ._server_writer import (
     COMMIT_DELAY,
     AppendEvents,
@@ -99,7 +115,7 @@ class Lease:
     expires_at: datetime
 
 
-class ServerStore:
+class ServerStore(ServerCheckpoints):
     """Runs and events in a database server (see `PostgresStore`, `MySQLStore`).
 
     ``max_queue`` bounds what waits for the writer thread; an append that finds it
@@ -109,7 +125,10 @@ class ServerStore:
     company. ``key``: the chain's key or keyring (see `agentaudit.SQLiteStore`).
     ``read_only=True`` opens an existing agentaudit database for reading:
     no migration, no writer thread, a read-only session; a database that holds no
-    agentaudit schema is refused with `StoreError`.
+    agentaudit schema is refused with `StoreError`. ``checkpoints``: an
+    `aa.CheckpointPolicy` (signed checkpoints every ``interval`` seconds and at
+    close, chained with those of every other process; see `_server_checkpoints`),
+    False for none, None (default) for the environment's (``AGENTAUDIT_SIGNING_KEY``).
     """
 
     dialect_class: type[Dialect]  # each database's store names its own
@@ -123,9 +142,12 @@ class ServerStore:
         close_timeout: float = 5.0,
         commit_delay: float = COMMIT_DELAY,
         key: Any = None,
+        checkpoints: Any = None,
     ) -> None:
         if not isinstance(url, str) or "://" not in url:
             raise ValueError(f"{type(self).__name__} needs a database URL, got {url!r}")
+        # checked before anything is opened: a bad policy leaves no connection or thread
+        policy = resolve_policy(checkpoints, read_only=bool(read_only))
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue must be an int >= 1, got {max_queue!r}")
         for name, value in (("close_timeout", close_timeout), ("commit_delay", commit_delay)):
@@ -160,6 +182,7 @@ class ServerStore:
             self._writer = self._new_writer()
             weakref.finalize(self, self._writer.request_stop, self.close_timeout)
         _OPEN_STORES.add(self)
+        self._init_checkpoints(policy)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("read-only" if self.read_only else "open")
@@ -315,6 +338,7 @@ class ServerStore:
         with self._close_lock:
             if self._closed:
                 return
+            self._stop_checkpointer(timeout)  # its last checkpoint, while the store is open
             self._closed = True
         _OPEN_STORES.discard(self)
         writer, self._writer = self._writer, None
@@ -486,9 +510,12 @@ class ServerStore:
 
     def purge(self, before: datetime, statuses: Iterable[RunStatus | str] | None = None) -> int:
         """Delete runs started before ``before`` (and their events) whose status is one
-        of ``statuses`` (default: every terminal status, never ``running``). On
-        PostgreSQL a month of events whose runs all go is dropped whole (its
-        partition), never rewritten row by row."""
+        of ``statuses`` (default: every terminal status, never ``running``). Runs
+        under legal hold stay; a cutoff inside the retention floor raises
+        `RetentionError` and deletes nothing; what is deleted is recorded as
+        ``purged`` in a checkpoint (under the checkpoint lock). On PostgreSQL a
+        month of events whose runs all go is dropped whole (its partition), never
+        rewritten row by row."""
         if not isinstance(before, datetime) or before.tzinfo is None:
             raise ValueError("purge(before=...) needs a timezone-aware datetime")
         chosen = (
@@ -502,6 +529,8 @@ class ServerStore:
         cut = self.dialect.ts(before)
 
         def purge(cur: Any) -> int:
+            # Held runs stay, the floor refuses; what goes is read (and locked) to be recorded.
+            recorded = self._purge_entries(cur, before, values)
             deleted = 0
             kept = f"status NOT IN ({_marks(values)}) OR run_id IN (SELECT run_id FROM holds)"
             for name, first, end in self.dialect.whole_partitions(cur, before):
@@ -512,39 +541,58 @@ class ServerStore:
                 )
                 if cur.fetchone()[0]:
                     continue  # a run of that month stays: its month's events go row by row
-                cur.execute(f"DROP TABLE {name}")
-                cur.execute("DELETE FROM runs WHERE started_at >= %s AND started_at < %s", (lo, hi))
-                deleted += cur.rowcount
+                with forget_runs(cur, self.dialect, "r.started_at >= %s AND r.started_at < %s", (lo, hi)):
+                    cur.execute(f"DROP TABLE {name}")
+                    cur.execute("DELETE FROM runs WHERE started_at >= %s AND started_at < %s", (lo, hi))
+                    deleted += cur.rowcount
             cond = (
                 f"started_at < %s AND status IN ({_marks(values)}) "
                 "AND run_id NOT IN (SELECT run_id FROM holds)"
             )
-            if self.dialect.partitioned:
-                cur.execute(
-                    f"DELETE FROM events WHERE run_started_at < %s AND run_id IN "
-                    f"(SELECT run_id FROM runs WHERE {cond})",
-                    (cut, cut, *values),
-                )
-            else:
-                cur.execute(
-                    f"DELETE FROM events WHERE run_id IN (SELECT run_id FROM runs WHERE {cond})",
-                    (cut, *values),
-                )
-            cur.execute(f"DELETE FROM runs WHERE {cond}", (cut, *values))
-            return deleted + int(cur.rowcount)
+            gone = (
+                f"r.started_at < %s AND r.status IN ({_marks(values)}) "
+                "AND r.run_id NOT IN (SELECT run_id FROM holds)"
+            )
+            with forget_runs(cur, self.dialect, gone, (cut, *values)):
+                if self.dialect.partitioned:
+                    cur.execute(
+                        f"DELETE FROM events WHERE run_started_at < %s AND run_id IN "
+                        f"(SELECT run_id FROM runs WHERE {cond})",
+                        (cut, cut, *values),
+                    )
+                else:
+                    cur.execute(
+                        f"DELETE FROM events WHERE run_id IN (SELECT run_id FROM runs WHERE {cond})",
+                        (cut, *values),
+                    )
+                cur.execute(f"DELETE FROM runs WHERE {cond}", (cut, *values))
+                deleted += int(cur.rowcount)
+            if deleted != len(recorded):  # a run became purgeable meanwhile: not on the record
+                raise StoreError(f"runs of {self.url} changed while the purge ran: nothing was purged; run it again")
+            self._record_removal(cur, recorded)
+            return deleted
 
-        return self._run(purge, write=True)
+        deleted = self._exclusive(purge)
+        self._after_removal()
+        return deleted
 
     def delete_run(self, run_id: str) -> bool:
-        def delete(cur: Any) -> bool:
-            cur.execute("SELECT 1 FROM holds WHERE run_id = %s", (run_id,))
-            if cur.fetchone() is not None:
-                raise StoreError(f"run {run_id} is under a legal hold: release it first")
-            cur.execute(f"DELETE FROM events WHERE {self.dialect.events_key_sql()}", self.dialect.events_key_params(run_id))
-            cur.execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
-            return bool(cur.rowcount > 0)
+        """Delete one run and its events; False when there is none. A run under
+        legal hold or younger than the retention floor raises `RetentionError`;
+        the deletion is recorded as ``purged`` in a checkpoint."""
 
-        return self._run(delete, write=True)
+        def delete(cur: Any) -> bool:
+            recorded = self._removal_entries(cur, [run_id], what=f"delete of run {run_id}")
+            with forget_runs(cur, self.dialect, "r.run_id = %s", (run_id,)):
+                cur.execute(f"DELETE FROM events WHERE {self.dialect.events_key_sql()}", self.dialect.events_key_params(run_id))
+                cur.execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
+                deleted = bool(cur.rowcount > 0)
+            self._record_removal(cur, recorded)
+            return deleted
+
+        deleted = self._exclusive(delete)
+        self._after_removal()
+        return deleted
 
     def verify(self, run_id: str, *, key: Any = None, require_key: bool = False) -> VerifyResult:
         """Check the run's header, chain and seal with the one verification every
@@ -626,13 +674,52 @@ class ServerStore:
     ) -> list[tuple[int, Event]]:
         """Events written after position ``cursor``, oldest first, with positions.
         (Positions come from a sequence: a transaction that commits late can land
-        behind a position already passed; ``tail`` may then miss it.)"""
+        behind a position already passed, and a cursor alone misses it; ``agentaudit
+        tail -f`` follows with `event_positions` and `events_at` instead: see
+        `agentaudit.stores._follow`.)"""
         where, params = _event_where(run_id, event_types)
         rows = self._query(
             f"SELECT id, {EVENT_COLUMNS} FROM events WHERE id > %s{where} ORDER BY id LIMIT %s",
             (cursor, *params, limit),
         )
         return [(int(row[0]), event_from_row(row[1:])) for row in rows]
+
+    def event_positions(
+        self, after: int, *, within: Sequence[tuple[int, int]] = (), limit: int = 1000
+    ) -> list[int]:
+        """The positions held above ``after`` (the first ``limit``) and inside the
+        inclusive ranges ``within`` (the first ``limit`` there), ascending, of every
+        run and type: how a follower tells a late commit from a position filtered
+        out (`agentaudit.stores._follow`)."""
+        found = {int(p) for (p,) in self._query(
+            "SELECT id FROM events WHERE id > %s ORDER BY id LIMIT %s", (int(after), int(limit))
+        )}
+        if within:
+            ranges = " OR ".join(["id BETWEEN %s AND %s"] * len(within))
+            bounds = [int(bound) for pair in within for bound in pair]
+            rows = self._query(f"SELECT id FROM events WHERE {ranges} ORDER BY id LIMIT %s", (*bounds, int(limit)))
+            found.update(int(p) for (p,) in rows)
+        return sorted(found)
+
+    def events_at(
+        self,
+        positions: Iterable[int],
+        *,
+        run_id: str | None = None,
+        event_types: Iterable[str] | None = None,
+    ) -> list[tuple[int, Event]]:
+        """The events at these positions (of ``run_id``, of ``event_types``), by position."""
+        wanted = sorted({int(p) for p in positions})
+        where, params = _event_where(run_id, event_types)
+        found: list[tuple[int, Event]] = []
+        for start in range(0, len(wanted), _PAGE):
+            chunk = wanted[start : start + _PAGE]
+            rows = self._query(
+                f"SELECT id, {EVENT_COLUMNS} FROM events WHERE id IN ({_marks(chunk)}){where} ORDER BY id",
+                (*chunk, *params),
+            )
+            found.extend((int(row[0]), event_from_row(row[1:])) for row in rows)
+        return found
 
     def recent_events(
         self,
@@ -660,12 +747,23 @@ class ServerStore:
             found.update((str(r), str(m)) for r, m in rows)
         return found
 
+    # Below this many matching runs, `summary` computes exactly (cheap there).
+    summary_exact_below = 5000
+
     def summary(self, by: str = "day", filter: RunFilter | None = None) -> list[dict[str, Any]]:
         """Runs, failures, tokens, cost and time percentiles of the matching runs,
         grouped ``by`` model, caller, day (UTC), name or status; largest group first
         (day: newest first). As SQLite's; the percentiles (p50, p95, interpolated, in
         ms: finished runs' durations, steps' ``step_ms``, tool results'
-        ``duration_ms``) are computed by the database."""
+        ``duration_ms``) are computed by the database.
+
+        Grouped by day, model or status (or `summary_total`), filtered by nothing
+        but ``since``/``until``/``model``/``status``, and matching at least
+        `summary_exact_below` runs, the summary is read from the rollup that the
+        writers keep (see `agentaudit.stores._server_summary`): counts, tokens and
+        cost stay exact (cost up to float rounding), and each percentile is within
+        ALPHA (0.99 %) relative error of the exact one. Any other grouping or filter,
+        or fewer runs, is computed exactly from the runs and events."""
         if by not in SUMMARY_GROUPS:
             raise ValueError(f"summary groups by one of {', '.join(SUMMARY_GROUPS)}; got {by!r}")
         key = self.dialect.day_sql("started_at") if by == "day" else by
@@ -676,6 +774,10 @@ class ServerStore:
         return self._summarize("total", "'total'", filter or RunFilter(), "1")[0]
 
     def _summarize(self, by: str, key: str, flt: RunFilter, order: str) -> list[dict[str, Any]]:
+        if _rollup_serves(by, flt):
+            rolled = self._rolled_up(by, key, flt)
+            if rolled is not None:
+                return _summary_entries(by, *rolled)
         where, params = self._where(flt)
         failed = ", ".join(f"'{s.value}'" for s in FAILED_STATUSES)
         totals = (
@@ -703,30 +805,171 @@ class ServerStore:
             what: {group: (p50, p95) for group, p50, p95 in found}
             for what, found in zip(_SPREADS, spread_rows, strict=True)
         }
-        if not rows and by == "total":
-            rows = [("total", 0, 0, 0, 0, 0, 0, None, 0, 0, 0)]
-        out = []
-        for group, runs, failed_n, finished, tin, tout, tthink, cost, priced, calls, steps in rows:
-            failed_i, finished_i = int(failed_n or 0), int(finished or 0)
-            entry: dict[str, Any] = {
-                by: group,
-                "runs": int(runs),
-                "failed": failed_i,
-                "finished": finished_i,
-                "failure_rate": (failed_i / finished_i) if finished_i else None,
-                "input_tokens": int(tin or 0),
-                "output_tokens": int(tout or 0),
-                "thinking_tokens": int(tthink or 0),
-                "cost_usd": round(float(cost), 9) if priced else None,
-                "tool_calls": int(calls or 0),
-                "steps": int(steps or 0),
-            }
-            for what in _SPREADS:
-                p50, p95 = spreads[what].get(group, (None, None))
-                entry[f"{what}_p50_ms"] = None if p50 is None else round(float(p50), 3)
-                entry[f"{what}_p95_ms"] = None if p95 is None else round(float(p95), 3)
-            out.append(entry)
-        return out
+        return _summary_entries(by, rows, spreads)
+
+    def _rolled_up(
+        self, by: str, key: str, flt: RunFilter
+    ) -> tuple[list[tuple[Any, ...]], dict[str, dict[Any, tuple[Any, Any]]]] | None:
+        """The summary from the rollup's whole days, plus the partial days at the
+        window's edges and the running runs read raw (bucketed alike); None when no
+        whole day is covered or fewer than `summary_exact_below` runs match."""
+        first = _next_midnight(flt.since) if flt.since is not None else None
+        end = midnight(flt.until.astimezone(timezone.utc).date()) if flt.until is not None else None
+        if first is not None and end is not None and first >= end:
+            return None  # within a day: the exact path reads no more than this would
+        statuses = [s.value for s in flt.statuses] if flt.statuses is not None else None
+        lo, hi = (first.date() if first else None), (end.date() if end else None)
+        segments: list[tuple[int, date | None, date | None]] = []  # (grain, from day, to day)
+        if by == "day" and flt.model is None and statuses is None:
+            segments.append((GRAIN_DAY_ALL, lo, hi))
+        elif by == "day":
+            segments.append((GRAIN_DAY, lo, hi))
+        else:  # whole months from their cells, the days around them from theirs
+            m0 = _month_ceil(lo) if lo is not None else None
+            m1 = hi.replace(day=1) if hi is not None else None
+            if m0 is not None and m1 is not None and m0 >= m1:
+                segments.append((GRAIN_DAY, lo, hi))
+            else:
+                segments.append((GRAIN_MONTH, m0, m1))
+                if lo is not None and m0 is not None and lo < m0:
+                    segments.append((GRAIN_DAY, lo, m0))
+                if m1 is not None and hi is not None and m1 < hi:
+                    segments.append((GRAIN_DAY, m1, hi))
+        spans: list[str] = []
+        cparams: list[Any] = []
+        for grain, since_day, until_day in segments:
+            span = ["grain = %s"]
+            cparams.append(grain)
+            if since_day is not None:
+                span.append("day >= %s")
+                cparams.append(since_day)
+            if until_day is not None:
+                span.append("day < %s")
+                cparams.append(until_day)
+            spans.append("(" + " AND ".join(span) + ")")
+        cond = ["(" + " OR ".join(spans) + ")"]
+        if flt.model is not None:
+            cond.append("model = %s")
+            cparams.append(flt.model)
+        if statuses is not None:
+            cond.append(f"status IN ({_marks(statuses)})" if statuses else "1 = 0")
+            cparams.extend(statuses)
+        cell_key = {"day": "day", "total": "'total'"}.get(by, by)
+        # raw parts group by day as a date too, so that they merge with the cells
+        raw_key = self.dialect.rollup_day_sql("started_at") if by == "day" else key
+        failed = ", ".join(f"'{s.value}'" for s in FAILED_STATUSES)
+        queries: list[tuple[str, list[Any]]] = [
+            (
+                f"SELECT {cell_key}, sum(runs), sum(failed), "
+                "sum(runs), sum(input_tokens), sum(output_tokens), sum(thinking_tokens), sum(cost_usd), "
+                f"sum(priced), sum(tool_calls), sum(steps) FROM run_rollup WHERE {' AND '.join(cond)} "
+                "GROUP BY 1",
+                cparams,
+            ),
+        ]
+        # what the cells do not hold: the partial days at the edges, and running runs
+        raw: list[RunFilter] = []
+        if flt.since is not None and first is not None and flt.since < first:
+            raw.append(replace(flt, until=first))
+        if flt.until is not None and end is not None and end < flt.until:
+            raw.append(replace(flt, since=end))
+        if statuses is None or RunStatus.RUNNING.value in statuses:
+            raw.append(replace(flt, since=first, until=end, status=RunStatus.RUNNING))
+        parts = [(f"SELECT {cell_key} AS k, kind, bucket, n FROM run_rollup_ms WHERE {' AND '.join(cond)}", cparams)]
+        for part in raw:
+            where, params = self._where(part)
+            queries.append((
+                f"SELECT {raw_key}, count(*), sum(CASE WHEN status IN ({failed}) THEN 1 ELSE 0 END), "
+                "sum(CASE WHEN status <> 'running' THEN 1 ELSE 0 END), sum(input_tokens), "
+                "sum(output_tokens), sum(thinking_tokens), sum(cost_usd), count(cost_usd), "
+                f"sum(tool_calls), sum(steps) FROM runs{where} GROUP BY 1",
+                params,
+            ))
+            parts.append(self._raw_buckets(raw_key, where, params, part))
+        float_type = self.dialect.float_type
+
+        def read(cur: Any) -> list[list[tuple[Any, ...]]]:
+            found = []
+            for sql, values in queries:
+                cur.execute(sql, values)
+                found.append(list(cur.fetchall()))
+            # Every part's buckets merged (the raw parts that hold runs), and of each
+            # group's merged buckets only those that hold the ranks p50 and p95
+            # interpolate between: a few rows per group.
+            used = [parts[0], *(part for part, rows in zip(parts[1:], found[1:], strict=True) if rows)]
+            if len(used) == 1 and segments[0][0] == GRAIN_DAY_ALL:
+                cur.execute(rank_days_sql(" AND ".join(cond), float_type), cparams)
+            else:
+                cur.execute(
+                    rank_buckets_sql(" UNION ALL ".join(sql for sql, _ in used), float_type),
+                    [value for _, values in used for value in values],
+                )
+            found.append(list(cur.fetchall()))
+            return found
+
+        *totals_found, ranked = self._run(read)
+
+        def group_of(value: Any) -> Any:
+            return value.isoformat() if by == "day" and not isinstance(value, str) else value
+
+        totals: dict[Any, list[Any]] = {}
+        for row in (row for found in totals_found for row in found):
+            group = group_of(row[0])
+            # cost (the 7th) is a float sum, the others counts (Decimal from some drivers)
+            values = [float(v or 0) if at == 6 else int(v or 0) for at, v in enumerate(row[1:])]
+            held = totals.get(group)
+            if held is None:
+                totals[group] = values
+            else:
+                totals[group] = [a + b for a, b in zip(held, values, strict=True)]
+        if sum(int(v[0]) for v in totals.values()) < self.summary_exact_below:
+            return None
+        found_ranks: dict[str, dict[Any, list[tuple[int, int, int, int]]]] = {what: {} for what in KINDS}
+        names = {kind: what for what, kind in KINDS.items()}
+        for group, kind, bucket, n, upto, total in ranked:
+            found_ranks[names[int(kind)]].setdefault(group_of(group), []).append(
+                (int(bucket), int(n), int(upto), int(total))
+            )
+        spreads = {
+            what: {group: percentiles(rows) for group, rows in by_group.items()}
+            for what, by_group in found_ranks.items()
+        }
+        rows = [(group, *values) for group, values in totals.items() if int(values[0]) > 0]
+        if by == "day":
+            rows.sort(key=lambda row: row[0], reverse=True)
+        else:
+            rows.sort(key=lambda row: (-int(row[1]), row[0]))
+        return rows, spreads
+
+    def _raw_buckets(self, key: str, where: str, params: list[Any], flt: RunFilter) -> tuple[str, list[Any]]:
+        """(group, kind, bucket, n) of the matching runs' durations and events' ms,
+        bucketed as the rollup's are."""
+        dialect = self.dialect
+        and_ = " AND " if where else " WHERE "
+        joined = "e.run_id = r.run_id"
+        window, bounds = "", []
+        if dialect.partitioned:
+            joined += " AND e.run_started_at = r.started_at"
+            if flt.since is not None:
+                window += " AND e.run_started_at >= %s"
+                bounds.append(dialect.ts(flt.since))
+            if flt.until is not None:
+                window += " AND e.run_started_at < %s"
+                bounds.append(dialect.ts(flt.until))
+        duration = dialect.rollup_duration_sql("runs")
+        sql = (
+            "SELECT k, kind, bucket, count(*) AS n FROM ("
+            f"SELECT {key} AS k, {KINDS['duration']} AS kind, {bucket_sql(duration, dialect.int_type)} AS bucket "
+            f"FROM runs{where}{and_}finished_at IS NOT NULL "
+            "UNION ALL "
+            f"SELECT r.k, CASE WHEN e.event_type = 'step' THEN {KINDS['step']} ELSE {KINDS['tool']} END, "
+            f"{bucket_sql('e.ms', dialect.int_type)} "
+            f"FROM (SELECT run_id, started_at, {key} AS k FROM runs{where}) r JOIN events e ON {joined} "
+            f"WHERE e.event_type IN ('step', 'tool_result') AND e.ms IS NOT NULL{window}"
+            ") s GROUP BY k, kind, bucket"
+        )
+        return sql, [*params, *params, *bounds]
+
 
     def _spreads(
         self, key: str, where: str, params: list[Any], flt: RunFilter
@@ -790,11 +1033,12 @@ class ServerStore:
                     return False
                 if last >= cutoff:
                     return False
-                return _abandon(
-                    cur, self.dialect, run_id,
-                    f"abandoned: no event since {last.astimezone(timezone.utc).isoformat(timespec='microseconds')} (reaped)",
-                    self.keyring,
-                )
+                with keep_rollup(cur, self.dialect, (run_id,)):
+                    return _abandon(
+                        cur, self.dialect, run_id,
+                        f"abandoned: no event since {last.astimezone(timezone.utc).isoformat(timespec='microseconds')} (reaped)",
+                        self.keyring,
+                    )
 
             if self._run(reap_one, write=True):
                 marked.append(str(run_id))
@@ -851,6 +1095,7 @@ class ServerStore:
                 )
                 for run_id, status, started in cur.fetchall():
                     held[str(run_id)] = (str(status), dialect.from_ts(started))
+            before = read_runs(cur, dialect, wanted)  # the rollup takes the difference
             # A batch's work in a constant number of round trips: the new runs in one
             # multi-row insert, the runs that take their final row in one batch of
             # updates, the events of the whole batch in one, the resolved models in one
@@ -928,6 +1173,7 @@ class ServerStore:
                 if added:
                     _abandon(cur, dialect, run_id, None, self.keyring)
             write_rows()
+            apply_rollup(cur, dialect, read_runs(cur, dialect, wanted).minus(before))
 
         self._run(ingest, write=True)
 
@@ -1027,7 +1273,8 @@ class ServerStore:
                     f"abandoned: process {lease.pid} on {lease.host} stopped renewing its lease "
                     f"(expired {lease.expires_at.isoformat(timespec='seconds')})"
                 )
-                done = [run_id for run_id in run_ids if _abandon(cur, self.dialect, run_id, reason, self.keyring)]
+                with keep_rollup(cur, self.dialect, run_ids):
+                    done = [run_id for run_id in run_ids if _abandon(cur, self.dialect, run_id, reason, self.keyring)]
                 cur.execute("DELETE FROM leases WHERE holder_id = %s", (lease.holder_id,))
                 return done
 
@@ -1060,6 +1307,7 @@ class ServerStore:
         self._lock = threading.RLock()
         self._writer_lock = threading.Lock()
         self._close_lock = threading.Lock()
+        self._forget_checkpointer_after_fork()
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -1067,6 +1315,62 @@ class ServerStore:
 
 def _marks(values: Sequence[Any]) -> str:
     return ", ".join(["%s"] * len(values))
+
+
+# What the rollup's cells can answer: its groupings, and filters on its dimensions.
+_ROLLUP_GROUPS = ("day", "model", "status", "total")
+_ROLLUP_FILTERS = frozenset({"since", "until", "model", "status", "limit", "offset", "order_by", "ascending"})
+
+
+def _rollup_serves(by: str, flt: RunFilter) -> bool:
+    if by not in _ROLLUP_GROUPS:
+        return False
+    return all(
+        getattr(flt, f.name) == f.default for f in fields(flt) if f.name not in _ROLLUP_FILTERS
+    )
+
+
+def _month_ceil(day: date) -> date:
+    """The first day of a month at or after ``day``."""
+    return day if day.day == 1 else date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+
+
+def _next_midnight(moment: datetime) -> datetime:
+    """The first UTC midnight at or after ``moment``."""
+    utc = moment.astimezone(timezone.utc)
+    start = midnight(utc.date())
+    return start if start == utc else start + timedelta(days=1)
+
+
+def _summary_entries(
+    by: str, rows: Sequence[Sequence[Any]], spreads: Mapping[str, Mapping[Any, tuple[Any, Any]]]
+) -> list[dict[str, Any]]:
+    """`summary`'s groups from (group, runs, failed, finished, tokens in/out/thinking,
+    cost, priced, tool calls, steps) rows and each spread's (p50, p95) by group."""
+    if not rows and by == "total":
+        rows = [("total", 0, 0, 0, 0, 0, 0, None, 0, 0, 0)]
+    out = []
+    for group, runs, failed_n, finished, tin, tout, tthink, cost, priced, calls, steps in rows:
+        failed_i, finished_i = int(failed_n or 0), int(finished or 0)
+        entry: dict[str, Any] = {
+            by: group,
+            "runs": int(runs),
+            "failed": failed_i,
+            "finished": finished_i,
+            "failure_rate": (failed_i / finished_i) if finished_i else None,
+            "input_tokens": int(tin or 0),
+            "output_tokens": int(tout or 0),
+            "thinking_tokens": int(tthink or 0),
+            "cost_usd": round(float(cost), 9) if priced else None,
+            "tool_calls": int(calls or 0),
+            "steps": int(steps or 0),
+        }
+        for what in _SPREADS:
+            p50, p95 = spreads[what].get(group, (None, None))
+            entry[f"{what}_p50_ms"] = None if p50 is None else round(float(p50), 3)
+            entry[f"{what}_p95_ms"] = None if p95 is None else round(float(p95), 3)
+        out.append(entry)
+    return out
 
 
 def _event_rows(dialect: Dialect, run_events: Sequence[Event], started_at: datetime) -> list[tuple[Any, ...]]:

@@ -26,7 +26,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -47,6 +47,7 @@ from ._server_rows import (
     record_of_row,
     run_values,
 )
+from ._server_summary import keep_rollup
 
 __all__ = ["MAX_FAULT_DELAY", "ServerWriter", "reseal", "tail_of"]
 
@@ -251,7 +252,17 @@ class ServerWriter:
 
     def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = self._dialect.connect()
+            conn = self._dialect.connect()
+            cur = conn.cursor()
+            for statement in self._dialect.writer_setup():
+                try:
+                    cur.execute(statement)
+                except Exception as exc:  # a tuning the server lacks (an older one): go without
+                    if self._dialect.is_disconnect(exc):
+                        conn.close()
+                        raise StoreError(f"cannot connect to {self._where}: {exc}") from None
+                    logger.debug("agentaudit: %s refused %r: %s", self._where, statement, exc)
+            self._conn = conn
         return self._conn
 
     def _close_conn(self) -> None:
@@ -274,10 +285,12 @@ class ServerWriter:
             cur = conn.cursor()
             cur.execute("BEGIN")
             try:
-                if isolate:
-                    self._apply_isolated(cur, batch, settle, uncertain)
-                else:
-                    self._apply(cur, batch, settle, uncertain)
+                # the summary rollup takes what the batch changed, in its transaction
+                with keep_rollup(cur, self._dialect, _touched(batch, self._starts)):
+                    if isolate:
+                        self._apply_isolated(cur, batch, settle, uncertain)
+                    else:
+                        self._apply(cur, batch, settle, uncertain)
                 cur.execute("COMMIT")
             except BaseException:
                 _rollback(cur)
@@ -512,6 +525,25 @@ def _whole_runs(batch: Sequence[Item]) -> dict[str, _WholeRun]:
         elif isinstance(item, FinishRun):
             finished.add(item.run_id)
     return {run_id: whole for run_id, whole in found.items() if run_id in finished}
+
+
+def _touched(batch: Sequence[Item], running: Mapping[str, datetime]) -> set[str]:
+    """The runs whose part of the summary rollup a batch can change: those it
+    finishes, and those it adds events to unless they are runs this writer started
+    and has not finished (``running``; or started in this batch): those are running,
+    and the rollup holds finished runs only. (A run reaped meanwhile and then given
+    events by its writer keeps its abandoned row's totals, as before; the rollup
+    does too.)"""
+    found: set[str] = set()
+    started = {item.run.run_id for item in batch if isinstance(item, StartRun)}
+    for item in batch:
+        if isinstance(item, FinishRun):
+            found.add(item.run_id)
+        elif isinstance(item, AppendEvents):
+            found.update(
+                event.run_id for event in item.events if event.run_id not in running and event.run_id not in started
+            )
+    return found
 
 
 def event_insert_sql(dialect: Dialect, unless_present: bool) -> str:

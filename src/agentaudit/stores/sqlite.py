@@ -59,6 +59,7 @@ from ..payloads import (
     TOOL_CALL,
     TOOL_RESULT,
 )
+from ._checkpoint_log import check_removal
 from ._run_ids import MAX_CANDIDATES, ambiguous, prefix_forms, short_id, upper_bound
 from ._sqlite_checkpoints import SQLiteCheckpoints, resolve_policy
 from ._sqlite_rows import (
@@ -635,8 +636,8 @@ class SQLiteStore(SQLiteCheckpoints):
         guessed back from the digest. The old bytes are overwritten in the file
         (secure delete, the search index merged, VACUUM) and the write-ahead log is
         truncated. Returns how many values were erased. Raises `RunNotFoundError`,
-        or `StoreError` for a run still running or written before erasable chains
-        (chain v1)."""
+        `RetentionError` for a run under legal hold, or `StoreError` for a run still
+        running or written before erasable chains (chain v1)."""
         chosen = erase_fields(fields)
 
         def erase(conn: sqlite3.Connection) -> int | AgentAuditError:
@@ -745,13 +746,52 @@ class SQLiteStore(SQLiteCheckpoints):
     ) -> list[tuple[int, Event]]:
         """Events of every run (or of ``run_id``) written after position ``cursor``,
         oldest first, each with its position: pass the last one back to continue.
-        ``agentaudit tail -f`` follows a file this way."""
+        (One writer commits at a time, so positions become visible in order here;
+        ``agentaudit tail -f`` follows every store the same way, with
+        `event_positions` and `events_at`: see `agentaudit.stores._follow`.)"""
         where, params = _event_where(run_id, event_types)
         rows = self._query(
             f"SELECT id, {EVENT_COLUMNS} FROM events WHERE id > ?{where} ORDER BY id LIMIT ?",
             (cursor, *params, limit),
         )
         return [(row[0], event_from_row(row[1:])) for row in rows]
+
+    def event_positions(
+        self, after: int, *, within: Sequence[tuple[int, int]] = (), limit: int = 1000
+    ) -> list[int]:
+        """The positions held above ``after`` (the first ``limit``) and inside the
+        inclusive ranges ``within`` (the first ``limit`` there), ascending, of every
+        run and type (as the server stores'; see `agentaudit.stores._follow`)."""
+        found = {int(p) for (p,) in self._query(
+            "SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?", (int(after), int(limit))
+        )}
+        if within:
+            ranges = " OR ".join(["id BETWEEN ? AND ?"] * len(within))
+            bounds = [int(bound) for pair in within for bound in pair]
+            rows = self._query(f"SELECT id FROM events WHERE {ranges} ORDER BY id LIMIT ?", (*bounds, int(limit)))
+            found.update(int(p) for (p,) in rows)
+        return sorted(found)
+
+    def events_at(
+        self,
+        positions: Iterable[int],
+        *,
+        run_id: str | None = None,
+        event_types: Iterable[str] | None = None,
+    ) -> list[tuple[int, Event]]:
+        """The events at these positions (of ``run_id``, of ``event_types``), by position."""
+        wanted = sorted({int(p) for p in positions})
+        where, params = _event_where(run_id, event_types)
+        found: list[tuple[int, Event]] = []
+        for start in range(0, len(wanted), _PAGE):
+            chunk = wanted[start : start + _PAGE]
+            rows = self._query(
+                f"SELECT id, {EVENT_COLUMNS} FROM events WHERE id IN ({', '.join('?' * len(chunk))}){where} "
+                "ORDER BY id",
+                (*chunk, *params),
+            )
+            found.extend((row[0], event_from_row(row[1:])) for row in rows)
+        return found
 
     def recent_events(
         self,
@@ -1222,6 +1262,9 @@ def _erase(conn: sqlite3.Connection, run_id: str, chosen: frozenset[str]) -> int
         raise StoreError(f"run {run_id} is still running: erase it once it has finished")
     if not run.salt:
         raise StoreError(f"run {run_id} was written before erasable chains (chain v1): it cannot be erased")
+    # A legal hold keeps a run as it is, content included (as on the server stores).
+    held = conn.execute("SELECT 1 FROM holds WHERE run_id = ?", (run_id,)).fetchone() is not None
+    check_removal(run_id, run._asdict(), held=held, floor=None, what=f"erase of run {run_id}")
     salt, names = erased_run_fields(run.salt, run._asdict(), chosen)
     if names:
         conn.execute(
