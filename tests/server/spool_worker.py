@@ -46,8 +46,11 @@ def main() -> None:
     parser.add_argument("--hold-more", type=Path, default=None)
     parser.add_argument("--no-close", action="store_true", help="exit without closing the store")
     args = parser.parse_args()
-    # the forwarder's log on stderr: a failing test shows why shipping stopped
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(threadName)s %(message)s")
+    # The forwarder's log, in a file beside the ledger (a failing test shows it). Not
+    # stderr: tests read that pipe only at the end, and a full pipe would block
+    # whichever thread logs next, the forwarder's included.
+    logging.basicConfig(level=logging.INFO, filename=f"{args.ledger}.log",
+                        format="%(asctime)s %(threadName)s %(message)s")
 
     store = aa.open_store(args.db, spool=args.spool, lease_ttl=args.lease_ttl, drain_timeout=args.drain)
     auditor = aa.Auditor(store)

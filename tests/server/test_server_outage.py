@@ -172,3 +172,33 @@ def test_a_server_crash_mid_stream_loses_nothing_taken(cluster: Cluster) -> None
         assert auditor.faults  # the refused events were counted, never raised
     finally:
         store.close()
+
+
+def test_a_session_idle_inside_a_transaction_is_ended_and_frees_the_others(server_url: str) -> None:
+    # A writer cut off mid-transaction (a pulled link sends no reset; a frozen
+    # process) leaves its session idle inside the transaction, holding its locks: on
+    # the rollup cells every writer updates, that stalls the whole fleet's ingest.
+    # The store's sessions are ended by the server after IDLE_IN_TRANSACTION_TIMEOUT
+    # seconds idle in a transaction; here one of them holds a running run's row.
+    store = aa.open_store(server_url)
+    auditor = aa.Auditor(store)
+    writer = auditor.start_run("held-by-a-silent-session", parent_run_id=None)
+    writer.log_event("tick", {"k": 1})
+    store.flush()
+    silent = store.dialect.connect()  # a session as the store makes them
+    cur = silent.cursor()
+    cur.execute("BEGIN")
+    cur.execute("SELECT run_id FROM runs WHERE run_id = %s FOR UPDATE", (writer.run_id,))
+    assert cur.fetchall()
+    # ... and says nothing more. The finish waits on that row lock until the server
+    # ends the silent session; then it lands (retried if it timed out meanwhile).
+    writer.close("succeeded")  # returns at the Auditor's finish_timeout (a counted fault)
+    finished = wait_for(
+        lambda: store.get_run(writer.run_id).status is aa.RunStatus.SUCCEEDED, 180,
+        "the finish to land once the silent session is ended",
+    )
+    assert finished and store.verify(writer.run_id).ok
+    with pytest.raises(Exception):  # its session is gone
+        cur.execute("SELECT 1")
+        cur.fetchall()
+    store.close()

@@ -211,6 +211,11 @@ EVENT_TEXT = (
 _PG_DAY = "CAST({column} AT TIME ZONE 'UTC' AS date)"
 _PG_MONTH = "CAST(date_trunc('month', {column}) AS date)"
 _PG_DURATION = "CAST(extract(epoch FROM {r}.finished_at - {r}.started_at) * 1000 AS double precision)"
+# A session that sits idle inside a transaction is ended by the server after this
+# many seconds. The store never pauses inside one; a client that does was cut off
+# mid-transaction (a pulled link sends no reset) or frozen, and until its session
+# ends it holds its locks, including the rollup cells every writer updates.
+IDLE_IN_TRANSACTION_TIMEOUT = 30
 _MIGRATE_LOCK = 0x41414D  # "AAM"
 _PARTITION_LOCK = 0x414150  # "AAP"
 _PARTITION = re.compile(r"events_(\d{4})(\d{2})")
@@ -244,6 +249,8 @@ class PostgresDialect(Dialect):
             # The store's queries are short: compiling one (JIT, on by default past a
             # cost estimate) took longer than running it (bench/bench_server.py).
             conn.execute("SET jit = off")
+            if "idle_in_transaction_session_timeout" not in self.url:
+                conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}s'")
             if read_only:
                 conn.execute("SET default_transaction_read_only = on")
         except psycopg.Error as exc:
@@ -344,6 +351,17 @@ class PostgresDialect(Dialect):
         return [run_id, run_id]
 
     def ensure_partitions(self, conn: Any, months: Sequence[date]) -> None:
+        # Looked up first, without a lock: almost always they exist, and a CREATE ...
+        # IF NOT EXISTS locks the events table (and the lock below serialises every
+        # writer's ingest) even when it creates nothing.
+        names = sorted({partition_name(first) for first in months})
+        found = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relname = ANY(%s)",
+            (names,),
+        ).fetchone()
+        if found is not None and int(found[0]) == len(names):
+            return
         # A transaction of its own (creating a partition locks the events table),
         # under a lock: twenty writers reaching a new month create it once.
         with conn.transaction():
@@ -602,6 +620,10 @@ class MySQLDialect(Dialect):
                 cur.execute("SET time_zone = '+00:00'")
                 # a value that does not fit is an error, never a cut value and a warning
                 cur.execute("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'")
+                try:  # MariaDB 10.3+ (MySQL has no such variable)
+                    cur.execute(f"SET SESSION idle_transaction_timeout = {IDLE_IN_TRANSACTION_TIMEOUT}")
+                except pymysql.MySQLError:
+                    pass
                 if read_only:
                     cur.execute("SET SESSION TRANSACTION READ ONLY")
         except pymysql.Error as exc:
