@@ -265,8 +265,8 @@ class PostgresDialect(Dialect):
 
     def is_disconnect(self, exc: BaseException) -> bool:
         psycopg = self._psycopg
-        if isinstance(exc, psycopg.InterfaceError):
-            return True
+        if isinstance(exc, (psycopg.InterfaceError, psycopg.errors.IdleInTransactionSessionTimeout)):
+            return True  # the latter: the server ended the session (an InternalError by its class)
         if isinstance(exc, psycopg.OperationalError):
             errors = psycopg.errors
             return not isinstance(
