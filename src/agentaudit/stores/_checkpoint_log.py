@@ -15,6 +15,7 @@ bundles live here, and each store's mixin (`_sqlite_checkpoints`,
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._checkpoints import (
     PROOF_FORMAT,
@@ -391,7 +392,7 @@ def export_pending(pending: Sequence[Checkpoint], sink: Sink, on_failure: Callab
 # -- what every store with a checkpoint log offers ----------------------------------------
 
 
-class CheckpointLog:
+class CheckpointLog(abc.ABC):
     """Verification, proofs and bundles over a store's checkpoint log (mixed into
     `SQLiteStore` and `ServerStore` through their own mixins, which provide
     `_load`, `run_rows`, `checkpoint` and the hold and retention methods)."""
@@ -400,29 +401,31 @@ class CheckpointLog:
     checkpoint_failures: int
     _closed: bool
 
+    @abc.abstractmethod
     def _log_name(self) -> str:
         """The database's name in messages (a path, a redacted URL)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _load(self, after: int = 0) -> tuple[list[Checkpoint], list[Finding]]:
-        raise NotImplementedError
+        """The stored checkpoints after ``after``, and what is wrong with them."""
 
+    @abc.abstractmethod
     def run_rows(self, run_id: str) -> RunContent:
         """The run's row and its events, every column as stored (None: no such run)."""
-        raise NotImplementedError
 
     def _run_contents(self, run_ids: Sequence[str]) -> dict[str, RunContent]:
         """`run_rows` of several runs (a store reads them in fewer round trips)."""
         return {run_id: self.run_rows(run_id) for run_id in run_ids}
 
+    @abc.abstractmethod
     def checkpoint(self, *, timeout: float | None = None) -> Checkpoint | None:
-        raise NotImplementedError
+        """Commit a checkpoint of what is new; None when nothing is."""
 
-    def verify(self, run_id: str) -> Any:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the stores' own methods, which the log's methods call
 
-    def iter_runs(self, filter: RunFilter | None = None) -> Any:
-        raise NotImplementedError
+        def verify(self, run_id: str) -> Any: ...
+
+        def iter_runs(self, filter: RunFilter | None = None) -> Any: ...
 
     def _policy(self) -> CheckpointPolicy:
         return self.checkpoint_policy or CheckpointPolicy()
